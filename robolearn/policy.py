@@ -32,7 +32,7 @@ NORMALIZER_FILE = "normalizer.safetensors"
 
 
 class Policy(abc.ABC):
-    """Base class of every policy. Subclasses implement ``act`` and, to be saved, ``save``/``load``."""
+    """Base class of every policy. Subclasses implement ``act``; savable ones ``save``/``load``."""
 
     #: Short name written into checkpoints, e.g. ``"bc_mlp"``.
     policy_type: str = "policy"
@@ -100,7 +100,9 @@ def load_policy(path: str | Path) -> Policy:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as err:
-        raise ImportError(f"{path}: policy class {meta['class']} cannot be imported: {err}") from err
+        raise ImportError(
+            f"{path}: policy class {meta['class']} cannot be imported: {err}"
+        ) from err
     for attr in qualname.split("."):
         obj = getattr(obj, attr)
     return obj.load(path)

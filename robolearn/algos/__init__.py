@@ -1,0 +1,1 @@
+"""Learning methods: one module or package per method."""

@@ -1,0 +1,566 @@
+"""The ``robolearn`` command: ``robolearn <verb> [key=value ...]`` with hydra overrides.
+
+Verbs:
+  record   run a policy (scripted expert or checkpoint) in an env and record an EpisodeStore
+  train    train a policy (default algo=bc; with no data= it first records expert
+           demonstrations), then evaluate it: the README's main job
+  eval     success rate, MP4 video, PNG plot and a report of a policy in an env
+  replay   re-execute a recorded episode in simulation and report the divergence from the log
+  info     describe an EpisodeStore: `robolearn info <store>`
+
+Every run writes one folder (default runs/<verb>/<time>-<env>) holding its resolved config, and
+`resume=<that folder>` continues it. A wrong key or value fails at once with one clear line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from robolearn.data.store import EpisodeStore, StoreError
+from robolearn.policy import Policy, load_policy
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+GROUPS = ("env", "policy", "algo")
+
+
+class ConfigError(Exception):
+    """A bad config key or value; the message names the key."""
+
+
+# ---------------------------------------------------------------------------------- config ---
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The root config with ``overrides`` applied; unknown keys or options raise ConfigError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not CONFIG_DIR.is_dir():
+        raise ConfigError(
+            f"config directory {CONFIG_DIR} is missing (install robolearn with pip -e)"
+        )
+    overrides = _policy_path_override(overrides)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{item!r} is not an override: write key=value (e.g. episodes=10)")
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_explain_hydra_error(str(err), overrides)) from None
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _policy_path_override(overrides: list[str]) -> list[str]:
+    """``policy=<dir>`` (anything that is not a config option) means a checkpoint directory."""
+    out = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "policy" and value and value not in _options("policy"):
+            out += ["policy=checkpoint", f"policy.path={value}"]
+        else:
+            out.append(item)
+    return out
+
+
+def _explain_hydra_error(message: str, overrides: list[str]) -> str:
+    """Turn hydra's multi-line errors into one line naming the key and what would be valid."""
+    for item in overrides:
+        key, _, value = item.partition("=")
+        key = key.lstrip("+~")
+        if f"Could not find '{key}/{value}'" in message or f"'{key}/{value}'" in message:
+            return f"{key}={value}: no such option; choose one of {_options(key)}"
+        if f"Key '{key.split('.')[-1]}' is not in struct" in message or (
+            f"Could not override '{key}'" in message
+        ):
+            known = _known_keys()
+            hint = difflib.get_close_matches(key, known, n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            return f"unknown config key {key!r}{suggestion}"
+    return " ".join(message.split())
+
+
+def _known_keys() -> list[str]:
+    keys = list(OmegaConf.load(CONFIG_DIR / "config.yaml").keys())
+    for group in GROUPS:
+        for option in _options(group):
+            keys += [f"{group}.{k}" for k in OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml")]
+    return sorted(set(keys) - {"defaults"})
+
+
+def validate(cfg: DictConfig, verb: str) -> None:
+    """Check values before any work starts; each failure names its key."""
+
+    def need(key: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: {what}")
+
+    def positive_int(key: str, minimum: int = 1) -> None:
+        value = OmegaConf.select(cfg, key)
+        need(
+            key,
+            isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+            f"must be an integer >= {minimum}",
+        )
+
+    positive_int("episodes")
+    positive_int("num_envs")
+    positive_int("video_episodes", 0)
+    positive_int("seed", 0)
+    need(
+        "device",
+        cfg.device == "auto" or str(cfg.device).split(":")[0] in ("cpu", "cuda", "mps"),
+        "must be auto, cpu, cuda or cuda:N",
+    )
+    need("progress", isinstance(cfg.progress, bool), "must be true or false")
+    if cfg.resume is not None:
+        need(
+            "resume",
+            (Path(cfg.resume) / "config.yaml").is_file(),
+            "is not a run folder (it has no config.yaml)",
+        )
+    if verb in ("record", "eval"):
+        if cfg.policy.name == "checkpoint":
+            need(
+                "policy.path",
+                (Path(cfg.policy.path) / "policy.json").is_file(),
+                "is not a policy checkpoint directory (no policy.json)",
+            )
+        if cfg.policy.name == "expert":
+            need("policy.noise", float(cfg.policy.noise) >= 0, "must be >= 0")
+    if verb == "train":
+        need("algo.name", cfg.algo.name in TRAINERS, f"must be one of {sorted(TRAINERS)}")
+        bc_config(cfg)
+        if cfg.data is not None:
+            need("data", Path(cfg.data).exists(), "does not exist")
+        else:
+            positive_int("algo.demos")
+    if verb == "replay":
+        need("log", cfg.log is not None, "is required: replay log=<store> episode=N")
+        positive_int("episode", 0)
+    if verb == "info":
+        need("store", cfg.store is not None, "is required: robolearn info <store>")
+
+
+# ---------------------------------------------------------------------------------- runs ---
+
+
+def make_run_dir(cfg: DictConfig, verb: str) -> Path:
+    """Create (or, with resume=, reuse) the run folder and write the resolved config into it."""
+    if cfg.resume is not None:
+        run_dir = Path(cfg.resume)
+    elif cfg.run_dir is not None:
+        run_dir = Path(cfg.run_dir)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"run_dir={run_dir} exists; pass resume={run_dir} to continue it")
+    else:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path("runs") / verb / f"{stamp}-{cfg.env.name}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.run_dir = str(run_dir)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def resumed_config(overrides: list[str]) -> DictConfig | None:
+    """With ``resume=<run>``, that run's saved config plus the other plain overrides."""
+    resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
+    if resume is None:
+        return None
+    path = Path(resume) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"resume={resume}: is not a run folder (it has no config.yaml)")
+    cfg = OmegaConf.load(path)
+    extra = [o for o in overrides if not o.startswith("resume=") and o.split("=")[0] not in GROUPS]
+    cfg.merge_with_dotlist(extra)
+    cfg.resume = resume
+    return cfg
+
+
+def bc_config(cfg: DictConfig) -> Any:
+    """The BCConfig of ``cfg.algo``; bad values raise ConfigError naming the key."""
+    import dataclasses
+
+    from robolearn.algos.bc import BCConfig
+
+    names = {f.name for f in dataclasses.fields(BCConfig)}
+    values = OmegaConf.to_container(cfg.algo, resolve=True)
+    try:
+        return BCConfig(**{k: v for k, v in values.items() if k in names})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def make_policy(cfg: DictConfig) -> Policy:
+    """The configured policy: the env's scripted expert, or a checkpoint directory."""
+    if cfg.policy.name == "expert":
+        factory = _import_string(cfg.env.expert)
+        return factory(cfg.env.id, noise=float(cfg.policy.noise), seed=int(cfg.seed))
+    return load_policy(cfg.policy.path)
+
+
+def _import_string(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _env_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg.env.kwargs, resolve=True)  # type: ignore[return-value]
+
+
+def _say(message: str) -> None:
+    print(f"robolearn: {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------- verbs ---
+
+
+def record_episodes(
+    cfg: DictConfig, policy: Policy, path: Path, episodes: int, source: str
+) -> EpisodeStore:
+    """Record ``episodes`` episodes into the store at ``path``, continuing an existing one."""
+    from robolearn.envs import make_env, make_vector_env
+    from robolearn.rollout import rollout
+
+    env_kwargs = _env_kwargs(cfg)
+    if cfg.num_envs > 1:
+        env = make_vector_env(cfg.env.id, cfg.num_envs, env_kwargs)
+        single = env.get_attr("unwrapped")[0]
+        obs_space, act_space = env.single_observation_space, env.single_action_space
+    else:
+        env = make_env(cfg.env.id, env_kwargs)
+        single = env.unwrapped
+        obs_space, act_space = env.observation_space, env.action_space
+    if path.exists():
+        store = EpisodeStore.open(path, mode="a")
+        if store.attrs.get("env_id") != cfg.env.id:
+            raise ConfigError(
+                f"out={path} holds {store.attrs.get('env_id')} episodes, not {cfg.env.id}"
+            )
+    else:
+        spec = getattr(single, "robot_spec", None)
+        store = EpisodeStore.create(
+            path,
+            attrs={
+                "env_id": cfg.env.id,
+                "env_kwargs": env_kwargs,
+                "robot_spec": spec.to_dict() if spec is not None else None,
+                "control_hz": spec.control_hz
+                if spec is not None
+                else env.metadata.get("render_fps"),
+                "observation_keys": list(obs_space.spaces)
+                if hasattr(obs_space, "spaces")
+                else ["obs"],
+                "observation_space": _describe_space(obs_space),
+                "action_space": _describe_space(act_space),
+            },
+        )
+    remaining = episodes - store.n_episodes
+    if remaining > 0:
+        result = rollout(
+            policy,
+            env,
+            remaining,
+            seed=int(cfg.seed) + store.n_episodes,
+            store=store,
+            source=source,
+            progress=cfg.progress,
+            desc=f"record {cfg.env.name}",
+        )
+        _say(f"recorded {remaining} episodes (success {result.success_rate:.0%}) into {path}")
+    env.close()
+    return store
+
+
+def evaluate(
+    cfg: DictConfig,
+    policy: Policy,
+    env_id: str,
+    env_kwargs: dict[str, Any],
+    run_dir: Path,
+    title: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Roll the policy out, write video, plot and report into ``run_dir``; return the summary."""
+    from robolearn.envs import make_env, make_vector_env
+    from robolearn.report import plot_rollout, write_report, write_video
+    from robolearn.rollout import control_hz, rollout
+
+    if cfg.num_envs > 1:
+        env = make_vector_env(env_id, cfg.num_envs, env_kwargs, render_mode="rgb_array")
+    else:
+        env = make_env(env_id, env_kwargs, render_mode="rgb_array")
+    result = rollout(
+        policy,
+        env,
+        cfg.episodes,
+        seed=int(cfg.seed) + 1_000_000,
+        render_episodes=cfg.video_episodes,
+        progress=cfg.progress,
+        desc=f"eval {env_id}",
+    )
+    video = write_video(run_dir / "eval.mp4", result.videos, fps=control_hz(env))
+    env.close()
+    plot = plot_rollout(run_dir / "eval.png", result, title)
+    summary = {"env_id": env_id, "env_kwargs": env_kwargs, **(extra or {}), **result.summary()}
+    highlights = {
+        "env": env_id,
+        "episodes": len(result.episodes),
+        "success rate": f"{result.success_rate:.1%}",
+        "mean return": result.mean_return,
+        "mean length": result.mean_length,
+    }
+    json_path, md_path = write_report(run_dir, title, summary, highlights)
+    _say(
+        f"success rate {result.success_rate:.1%} over {len(result.episodes)} episodes "
+        f"(mean return {result.mean_return:.2f})"
+    )
+    for name, path in (("video", video), ("plot", plot), ("report", md_path)):
+        if path is not None:
+            _say(f"{name}: {path}")
+    return summary
+
+
+def cmd_record(cfg: DictConfig) -> int:
+    run_dir = make_run_dir(cfg, "record")
+    out = Path(cfg.out) if cfg.out is not None else run_dir / "episodes.zarr"
+    if out.exists() and cfg.resume is None:
+        raise ConfigError(f"out={out} exists; choose another out= or resume=<run folder>")
+    policy = make_policy(cfg)
+    store = record_episodes(cfg, policy, out, cfg.episodes, source=f"sim:{policy.policy_type}")
+    success = store.meta("success")
+    _say(f"{out}: {store.n_episodes} episodes, {store.n_steps} steps, success {success.mean():.0%}")
+    return 0
+
+
+def cmd_train(cfg: DictConfig) -> int:
+    from robolearn.algos.bc import default_obs_keys, train_bc
+    from robolearn.report import plot_curves
+    from robolearn.training import MetricLog
+    from robolearn.utils import resolve_device
+
+    run_dir = make_run_dir(cfg, "train")
+    if cfg.data is None:
+        expert_cfg = cfg.copy()
+        expert_cfg.policy = OmegaConf.create({"name": "expert", "noise": cfg.algo.demo_noise})
+        store = record_episodes(
+            expert_cfg,
+            make_policy(expert_cfg),
+            run_dir / "demos.zarr",
+            cfg.algo.demos,
+            source="sim:expert",
+        )
+    else:
+        store = EpisodeStore.open(cfg.data)
+    env_id = store.attrs.get("env_id", cfg.env.id)
+    env_kwargs = store.attrs.get("env_kwargs", _env_kwargs(cfg))
+    data = store.load()
+    obs_keys = list(
+        cfg.algo.obs_keys or default_obs_keys(data, store.attrs.get("observation_keys", []))
+    )
+    bc_cfg = bc_config(cfg)
+    _say(
+        f"training bc on {store.n_episodes} episodes ({store.n_steps} steps) from {store.path}, "
+        f"observation keys {obs_keys}"
+    )
+    policy = train_bc(
+        data,
+        store.episode_ends,
+        obs_keys,
+        bc_cfg,
+        run_dir,
+        device=resolve_device(cfg.device),
+        seed=int(cfg.seed),
+        progress=cfg.progress,
+    )
+    policy_dir = policy.save(run_dir / "policy")
+    log = MetricLog(run_dir)
+    plot_curves(
+        run_dir / "loss.png",
+        {"train": log.history("train/loss"), "validation": log.history("val/loss")},
+        "behaviour cloning loss",
+        "MSE (normalised actions)",
+        log_y=True,
+    )
+    log.close()
+    _say(f"policy: {policy_dir}")
+    evaluate(
+        cfg,
+        policy,
+        env_id,
+        env_kwargs,
+        run_dir,
+        f"bc on {env_id}",
+        extra={
+            "policy": str(policy_dir),
+            "data": str(store.path),
+            "demos": store.n_episodes,
+            "train_steps": bc_cfg.steps,
+        },
+    )
+    return 0
+
+
+def cmd_eval(cfg: DictConfig) -> int:
+    run_dir = make_run_dir(cfg, "eval")
+    policy = make_policy(cfg)
+    evaluate(
+        cfg,
+        policy,
+        cfg.env.id,
+        _env_kwargs(cfg),
+        run_dir,
+        f"{policy.policy_type} on {cfg.env.id}",
+        extra={"policy": cfg.policy.get("path", policy.policy_type)},
+    )
+    return 0
+
+
+def cmd_replay(cfg: DictConfig) -> int:
+    from robolearn.envs import make_env
+    from robolearn.report import write_report, write_video
+    from robolearn.rollout import FLAT_OBS_KEY
+
+    store = EpisodeStore.open(cfg.log)
+    if cfg.episode >= store.n_episodes:
+        raise ConfigError(f"episode={cfg.episode}: {cfg.log} has {store.n_episodes} episodes")
+    env_id = store.attrs.get("env_id")
+    if env_id is None:
+        raise StoreError(f"{store.path}: has no env_id attribute, so it cannot be replayed in sim")
+    cfg.env.name = env_id.split("/")[-1]
+    run_dir = make_run_dir(cfg, "replay")
+    episode = store.get_episode(cfg.episode)
+    meta = store.episode_meta(cfg.episode)
+    env = make_env(env_id, store.attrs.get("env_kwargs", {}), render_mode="rgb_array")
+    obs, _ = env.reset(seed=int(meta["seed"]))
+    keys = [k for k in store.attrs.get("observation_keys", []) if k in episode]
+    errors: dict[str, list[float]] = {k: [] for k in keys}
+    frames = [env.render()] if cfg.video_episodes > 0 else []
+    actions = episode["action"]
+    for t in range(len(actions)):
+        current = obs if isinstance(obs, dict) else {FLAT_OBS_KEY: obs}
+        for k in keys:
+            diff = np.abs(np.asarray(current[k], dtype=np.float64) - episode[k][t])
+            errors[k].append(float(diff.max()) if diff.size else 0.0)
+        obs, _, terminated, truncated, _ = env.step(actions[t])
+        if frames:
+            frames.append(env.render())
+        if (terminated or truncated) and t + 1 < len(actions):
+            _say(f"warning: the replayed episode ended at step {t + 1} of {len(actions)}")
+            break
+    fps = store.attrs.get("control_hz") or 20
+    env.close()
+    video = write_video(run_dir / "replay.mp4", [np.stack(frames)] if frames else [], fps=fps)
+    divergence = {k: {"max": max(v), "mean": float(np.mean(v))} for k, v in errors.items() if v}
+    worst = max((d["max"] for d in divergence.values()), default=0.0)
+    summary = {
+        "log": str(store.path),
+        "episode": cfg.episode,
+        "seed": int(meta["seed"]),
+        "steps": len(actions),
+        "max_divergence": worst,
+        "divergence": divergence,
+    }
+    write_report(
+        run_dir,
+        f"replay of episode {cfg.episode} of {store.path}",
+        summary,
+        {
+            "steps": len(actions),
+            "max divergence": worst,
+            **{f"{k} max": d["max"] for k, d in divergence.items()},
+        },
+    )
+    _say(
+        f"replayed episode {cfg.episode} ({len(actions)} steps): max divergence from the log "
+        f"{worst:.3g} " + ", ".join(f"{k}={d['max']:.2g}" for k, d in divergence.items())
+    )
+    if video is not None:
+        _say(f"video: {video}")
+    _say(f"report: {run_dir / 'report.md'}")
+    return 0
+
+
+def cmd_info(cfg: DictConfig) -> int:
+    store = EpisodeStore.open(cfg.store)
+    print(json.dumps(describe_store(store), indent=2, default=str))
+    return 0
+
+
+def describe_store(store: EpisodeStore) -> dict[str, Any]:
+    """Episodes, steps, keys with shapes and dtypes, success rate and control rate of a store."""
+    info: dict[str, Any] = {
+        "path": str(store.path),
+        "episodes": store.n_episodes,
+        "steps": store.n_steps,
+        "mean_length": float(store.episode_lengths.mean()) if store.n_episodes else 0.0,
+        "env_id": store.attrs.get("env_id"),
+        "robot": (store.attrs.get("robot_spec") or {}).get("name"),
+        "control_hz": store.attrs.get("control_hz"),
+        "keys": store.key_info() if hasattr(store, "key_info") else store.keys,
+    }
+    if "success" in store.meta_keys and store.n_episodes:
+        info["success_rate"] = float(np.mean(store.meta("success")))
+    if "source" in store.meta_keys and store.n_episodes:
+        sources, counts = np.unique(store.meta("source").astype(str), return_counts=True)
+        info["sources"] = dict(zip(sources.tolist(), counts.tolist()))
+    return info
+
+
+def _describe_space(space: Any) -> dict[str, Any]:
+    if hasattr(space, "spaces"):
+        return {k: _describe_space(v) for k, v in space.spaces.items()}
+    return {"shape": list(space.shape), "dtype": str(space.dtype)}
+
+
+TRAINERS = {"bc"}
+VERBS: dict[str, Callable[[DictConfig], int]] = {
+    "record": cmd_record,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "replay": cmd_replay,
+    "info": cmd_info,
+}
+POSITIONAL = {"info": "store", "replay": "log"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``robolearn`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
+    verb, overrides = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"robolearn: unknown verb {verb!r}; choose one of {sorted(VERBS)}", file=sys.stderr)
+        return 2
+    if verb in POSITIONAL and overrides and "=" not in overrides[0]:
+        overrides[0] = f"{POSITIONAL[verb]}={overrides[0]}"
+    try:
+        cfg = resumed_config(overrides) or compose_config(overrides)
+        validate(cfg, verb)
+        return VERBS[verb](cfg)
+    except ConfigError as err:
+        print(f"robolearn {verb}: config error: {err}", file=sys.stderr)
+        return 2
+    except (StoreError, FileNotFoundError) as err:
+        print(f"robolearn {verb}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

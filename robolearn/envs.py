@@ -1,0 +1,50 @@
+"""Making environments by gymnasium id, so the core never imports a simulator directly.
+
+Environments register themselves under gymnasium ids (``robolearn/<Name>-v0``) through the
+``gymnasium.envs`` entry point of the installed ``sims`` and ``hw`` packages. ``make_env``
+also imports a named package first, which covers running from a source tree.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import gymnasium as gym
+
+#: Packages that register robolearn environments when imported.
+ENV_PACKAGES = ("sims",)
+
+
+def ensure_registered(env_id: str) -> None:
+    """Make sure ``env_id`` is registered, importing the env packages if needed."""
+    if env_id in gym.registry:
+        return
+    for package in ENV_PACKAGES:
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            continue
+    if env_id not in gym.registry:
+        known = sorted(k for k in gym.registry if k.startswith("robolearn/"))
+        raise ValueError(f"unknown environment id {env_id!r}; registered robolearn envs: {known}")
+
+
+def make_env(env_id: str, kwargs: dict[str, Any] | None = None, **overrides: Any) -> gym.Env:
+    """``gymnasium.make`` with the config kwargs plus call-site overrides (e.g. render_mode)."""
+    ensure_registered(env_id)
+    return gym.make(env_id, **{**(kwargs or {}), **overrides})
+
+
+def make_vector_env(
+    env_id: str, num_envs: int, kwargs: dict[str, Any] | None = None, **overrides: Any
+) -> gym.vector.VectorEnv:
+    """An in-process (synchronous) vector env: on 2 cores subprocesses lose for cheap envs."""
+    ensure_registered(env_id)
+    return gym.make_vec(
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.DISABLED},
+        **{**(kwargs or {}), **overrides},
+    )

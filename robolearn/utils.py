@@ -1,0 +1,28 @@
+"""Small shared utilities: device selection and seeding."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` picks CUDA when present, else CPU; any other value is checked and returned."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available here")
+    return device
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed Python, numpy and torch; return a numpy Generator for the caller's own sampling."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - third-party code draws from the global RNG
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)

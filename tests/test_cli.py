@@ -1,0 +1,110 @@
+"""The robolearn command: every verb end to end on the arm, and clear one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from robolearn.cli import main
+from robolearn.data.store import EpisodeStore
+
+QUICK = ["progress=false", "seed=0"]
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    """Five clean expert reach episodes, recorded through the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    out = root / "demos.zarr"
+    code = main(["record", "env=arm_reach", "policy=expert", "episodes=5", f"out={out}",
+                 f"run_dir={root / 'record'}", *QUICK])
+    assert code == 0
+    return out
+
+
+def test_record_writes_a_store_with_env_attributes(demos):
+    store = EpisodeStore.open(demos)
+    assert store.n_episodes == 5
+    assert store.attrs["env_id"] == "robolearn/ArmReach-v0"
+    assert store.attrs["robot_spec"]["name"]
+    assert store.attrs["control_hz"] == 20
+    assert store.meta("success").all()
+    assert {"action", "ee_pos", "goal_pos", "reward", "terminated", "timestamp"} <= set(store.keys)
+
+
+def test_info(demos, capsys):
+    assert main(["info", str(demos)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["episodes"] == 5 and info["success_rate"] == 1.0 and info["control_hz"] == 20
+
+
+def test_replay_reproduces_recorded_states(demos, tmp_path, capsys):
+    assert main(["replay", f"log={demos}", "episode=2", f"run_dir={tmp_path / 'r'}", *QUICK]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["max_divergence"] < 1e-9
+    assert (tmp_path / "r" / "replay.mp4").stat().st_size > 0
+
+
+def test_train_eval_and_resume(demos, tmp_path):
+    run = tmp_path / "train"
+    args = ["train", f"data={demos}", "algo.steps=60", "algo.checkpoint_every=30", "episodes=2",
+            "video_episodes=1", f"run_dir={run}", *QUICK]
+    assert main(args) == 0
+    for name in ("config.yaml", "loss.png", "eval.png", "eval.mp4", "report.md", "report.json",
+                 "policy/policy.json", "checkpoints/train_state.pt", "metrics.csv"):
+        assert (run / name).exists(), name
+    # Resuming a finished run continues from its last checkpoint and trains nothing more.
+    assert main(["train", f"resume={run}", *QUICK]) == 0
+    assert (run / "metrics.csv").read_text().count("train/loss") == 1
+
+    out = tmp_path / "eval"
+    assert main(["eval", f"policy={run / 'policy'}", "env=arm_reach", "episodes=2",
+                 "video_episodes=1", f"run_dir={out}", *QUICK]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["episodes"] == 2 and 0.0 <= report["success_rate"] <= 1.0
+
+
+def test_record_resume_continues_to_the_episode_count(tmp_path):
+    run = tmp_path / "rec"
+    assert main(["record", "env=arm_reach", "episodes=2", f"run_dir={run}", *QUICK]) == 0
+    assert main(["record", f"resume={run}", "episodes=3", *QUICK]) == 0
+    store = EpisodeStore.open(run / "episodes.zarr")
+    assert store.n_episodes == 3
+    np.testing.assert_array_equal(store.meta("seed"), [0, 1, 2])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["eval", "episods=5"], "unknown config key 'episods' (did you mean 'episodes'?)"),
+        (["eval", "env=arm_pusj"], "env=arm_pusj: no such option"),
+        (["eval", "episodes=0"], "episodes=0: must be an integer >= 1"),
+        (["eval", "device=tpu"], "device='tpu'"),
+        (["eval", "policy=/no/such/ckpt"], "policy.path='/no/such/ckpt'"),
+        (["train", "algo.lr=-1", "data=/"], "algo.lr must be > 0"),
+        (["replay"], "log=None: is required"),
+        (["train", "data=/no/such/store.zarr"], "data='/no/such/store.zarr': does not exist"),
+    ],
+)
+def test_bad_config_fails_with_one_clear_line(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_missing_or_corrupted_store_names_its_path(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing.zarr")]) == 1
+    assert "missing.zarr" in capsys.readouterr().err
+    bad = tmp_path / "bad.zarr"
+    bad.mkdir()
+    (bad / "zarr.json").write_text("{garbage")
+    assert main(["info", str(bad)]) == 1
+    assert "bad.zarr" in capsys.readouterr().err
+
+
+def test_unknown_verb(capsys):
+    assert main(["fly"]) == 2
+    assert "unknown verb 'fly'" in capsys.readouterr().err
