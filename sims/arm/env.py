@@ -1,0 +1,355 @@
+"""MuJoCo Panda arm tasks: reach, push and pick-and-place.
+
+One env class family: :class:`ArmEnv` holds the simulation, the shared IK action layer
+(:class:`robolearn.robots.panda.ArmIK`), rendering and domain randomisation; the task
+subclasses only choose the scene, how resets sample object and goal, and reward and success.
+
+Observations are a ``Dict`` of float32 boxes: ``joint_pos`` (7), ``ee_pos`` (3, tool centre
+point in the base frame, which is the world frame here), ``gripper`` (1, finger opening in m),
+``object_pos`` (3, push and pick-place), ``goal_pos`` (3), and ``image`` (H, W, 3 uint8) when
+built with ``image=True``. Actions are ``Box(-1, 1, (4,))``: TCP translation delta and gripper,
+or ``(5,)`` with a yaw delta when ``use_yaw=True`` (see :data:`PANDA_SPEC.action_meaning`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+import mujoco  # noqa: E402 - MUJOCO_GL must be set before mujoco is imported
+
+from robolearn.robots.panda import (  # noqa: E402
+    GRIPPER_MAX_OPENING,
+    HOME_QPOS,
+    JOINT_LOWER,
+    JOINT_UPPER,
+    PANDA_SPEC,
+    PANDA_YAW_SPEC,
+    ArmIK,
+)
+from robolearn.robots.spec import RobotSpec  # noqa: E402
+from sims.arm.model import BLOCK_HALF, CAMERAS, TIMESTEP, load_model  # noqa: E402
+
+Box2 = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmRandomization:
+    """Domain randomisation knobs, sampled once per ``reset``.
+
+    Attributes:
+        object_mass: Block mass range in kg (its inertia scales with it).
+        object_friction: Block sliding friction coefficient range.
+        object_xy: ``((x_lo, y_lo), (x_hi, y_hi))`` of the block's initial position on the
+            table; ``None`` uses the task's default.
+        goal: ``((x_lo, y_lo, z_lo), (x_hi, y_hi, z_hi))`` of the goal; ``None`` uses the
+            task's default (push goals always lie on the table, so their z is ignored).
+        joint_noise: Half-width of the uniform noise added to the home posture, in rad.
+        camera_pos_noise: Half-width of the uniform noise on each camera position axis, in m.
+        camera_angle_noise: Half-width of the uniform noise on each camera rotation axis, in rad.
+    """
+
+    object_mass: tuple[float, float] = (0.05, 0.2)
+    object_friction: tuple[float, float] = (0.8, 1.2)
+    object_xy: Box2 | None = None
+    goal: Box2 | None = None
+    joint_noise: float = 0.02
+    camera_pos_noise: float = 0.0
+    camera_angle_noise: float = 0.0
+
+
+_RENDER_FLAGS_OFF = (
+    mujoco.mjtRndFlag.mjRND_SHADOW,
+    mujoco.mjtRndFlag.mjRND_REFLECTION,
+    mujoco.mjtRndFlag.mjRND_SKYBOX,
+)
+
+
+class ArmEnv(gym.Env):
+    """Base of the Panda arm tasks (use a task subclass).
+
+    Args:
+        image: Add a camera image to the observations.
+        image_size: Side of the square observation image in pixels.
+        camera: Camera for observation images and ``render``: ``"front"``, ``"side"``, ``"top"``.
+        render_mode: ``None`` or ``"rgb_array"`` (``render()`` returns a ``render_size`` image).
+        render_size: Side of the square ``render()`` image in pixels.
+        terminate_on_success: End the episode (``terminated=True``) when the task succeeds.
+        use_yaw: Five-dimensional actions with a gripper yaw delta.
+        randomization: Domain randomisation, an :class:`ArmRandomization` or a mapping of its
+            fields; ``None`` uses the defaults.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": int(PANDA_SPEC.control_hz)}
+
+    #: Task name, as the experts name it.
+    task: str = ""
+    #: Whether the scene has the block.
+    has_object: bool = True
+    #: Default initial block xy box and goal box (see :class:`ArmRandomization`).
+    default_object_xy: Box2 = ((0.4, -0.15), (0.6, 0.15))
+    default_goal: Box2 = ((0.3, -0.25, 0.05), (0.65, 0.25, 0.35))
+    #: Distance (m) between the tracked point and the goal that counts as success.
+    success_threshold: float = 0.04
+
+    def __init__(
+        self,
+        image: bool = False,
+        image_size: int = 84,
+        camera: str = "front",
+        render_mode: str | None = None,
+        render_size: int = 256,
+        terminate_on_success: bool = True,
+        use_yaw: bool = False,
+        randomization: ArmRandomization | Mapping[str, Any] | None = None,
+    ) -> None:
+        if camera not in CAMERAS:
+            raise ValueError(f"camera must be one of {sorted(CAMERAS)}, got {camera!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if randomization is None:
+            randomization = ArmRandomization()
+        elif isinstance(randomization, Mapping):
+            randomization = ArmRandomization(**randomization)
+        self.randomization = randomization
+        self.image = image
+        self.image_size = image_size
+        self.camera = camera
+        self.render_mode = render_mode
+        self.render_size = render_size
+        self.terminate_on_success = terminate_on_success
+        self.use_yaw = use_yaw
+        self.robot_spec: RobotSpec = PANDA_YAW_SPEC if use_yaw else PANDA_SPEC
+        self.ik = ArmIK(use_yaw=use_yaw)
+
+        self.model = load_model(
+            with_block=self.has_object, offscreen_size=max(image_size, render_size)
+        )
+        self.data = mujoco.MjData(self.model)
+        self.nstep = round(1.0 / (self.robot_spec.control_hz * TIMESTEP))
+        # Views into MuJoCo's buffers, fetched once so step() does no name lookups.
+        self._qpos_arm = self.data.qpos[:7]
+        self._tcp_pos = self.data.site("tcp").xpos
+        self._goal_mocap = self.model.body("goal").mocapid[0]
+        self._camera_id = self.model.camera(camera).id
+        self._nominal_cam_pos = self.model.cam_pos.copy()
+        self._nominal_cam_quat = self.model.cam_quat.copy()
+        if self.has_object:
+            block_body = self.model.body("block")
+            self._block_body = block_body.id
+            self._block_geom = self.model.geom("block").id
+            adr = self.model.joint("block").qposadr[0]
+            self._block_qpos = self.data.qpos[adr : adr + 7]
+            self._block_pos = self.data.qpos[adr : adr + 3]
+            self._nominal_mass = float(block_body.mass[0])
+            self._nominal_inertia = block_body.inertia.copy()
+        self._goal = np.zeros(3)
+        self._renderers: dict[int, mujoco.Renderer] = {}
+
+        far = np.full(3, 3.0, dtype=np.float32)
+        spaces = {
+            "joint_pos": gym.spaces.Box(
+                (JOINT_LOWER - 0.1).astype(np.float32), (JOINT_UPPER + 0.1).astype(np.float32)
+            ),
+            "ee_pos": gym.spaces.Box(-far, far),
+            "gripper": gym.spaces.Box(-0.01, GRIPPER_MAX_OPENING + 0.01, (1,), np.float32),
+        }
+        if self.has_object:
+            spaces["object_pos"] = gym.spaces.Box(-far, far)
+        spaces["goal_pos"] = gym.spaces.Box(-far, far)
+        if image:
+            spaces["image"] = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (self.ik.action_dim,), np.float32)
+
+    # --- task hooks -------------------------------------------------------------------------
+
+    def _sample_task(self, rng: np.random.Generator) -> None:
+        """Place the block (if any) and the goal; called by ``reset`` after the arm is set."""
+        raise NotImplementedError
+
+    def _evaluate(self, obs: dict[str, np.ndarray]) -> tuple[float, bool]:
+        """Reward and success for the current state."""
+        raise NotImplementedError
+
+    # --- gymnasium API ----------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        rng = self.np_random
+        rand = self.randomization
+        model, data = self.model, self.data
+        mujoco.mj_resetData(model, data)
+
+        noise = rand.joint_noise
+        q = np.clip(HOME_QPOS + rng.uniform(-noise, noise, 7), JOINT_LOWER, JOINT_UPPER)
+        data.qpos[:7] = q
+        data.ctrl[:7] = q
+        data.qpos[7:9] = GRIPPER_MAX_OPENING / 2
+        data.ctrl[7:9] = GRIPPER_MAX_OPENING / 2
+
+        model.cam_pos[:] = self._nominal_cam_pos
+        model.cam_quat[:] = self._nominal_cam_quat
+        if rand.camera_pos_noise > 0 or rand.camera_angle_noise > 0:
+            self._perturb_camera(rng)
+        if self.has_object:
+            mass = rng.uniform(*rand.object_mass)
+            model.body_mass[self._block_body] = mass
+            model.body_inertia[self._block_body] = self._nominal_inertia * (
+                mass / self._nominal_mass
+            )
+            model.geom_friction[self._block_geom, 0] = rng.uniform(*rand.object_friction)
+        self._sample_task(rng)
+        data.mocap_pos[self._goal_mocap] = self._goal
+        mujoco.mj_forward(model, data)
+
+        obs = self._observe()
+        _, success = self._evaluate(obs)
+        return obs, {"success": success}
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        q_target, opening = self.ik.action_to_targets(self._qpos_arm, action)
+        ctrl = self.data.ctrl
+        ctrl[:7] = q_target
+        ctrl[7] = ctrl[8] = 0.5 * opening
+        mujoco.mj_step(self.model, self.data, nstep=self.nstep)
+        # mj_step leaves positions computed before its last integration; refresh the TCP site.
+        mujoco.mj_kinematics(self.model, self.data)
+        obs = self._observe()
+        reward, success = self._evaluate(obs)
+        return obs, reward, success and self.terminate_on_success, False, {"success": success}
+
+    def render(self) -> np.ndarray | None:
+        """An RGB frame of ``render_size`` from the env's camera when ``render_mode="rgb_array"``."""
+        if self.render_mode != "rgb_array":
+            return None
+        return self._render(self.render_size)
+
+    def close(self) -> None:
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers.clear()
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _observe(self) -> dict[str, np.ndarray]:
+        data = self.data
+        obs = {
+            "joint_pos": self._qpos_arm.astype(np.float32),
+            "ee_pos": self._tcp_pos.astype(np.float32),
+            "gripper": np.array([data.qpos[7] + data.qpos[8]], dtype=np.float32),
+        }
+        if self.has_object:
+            obs["object_pos"] = self._block_pos.astype(np.float32)
+        obs["goal_pos"] = self._goal.astype(np.float32)
+        if self.image:
+            obs["image"] = self._render(self.image_size)
+        return obs
+
+    def _render(self, size: int) -> np.ndarray:
+        renderer = self._renderers.get(size)
+        if renderer is None:
+            renderer = mujoco.Renderer(self.model, size, size)
+            for flag in _RENDER_FLAGS_OFF:
+                renderer.scene.flags[flag] = False
+            self._renderers[size] = renderer
+        renderer.update_scene(self.data, camera=self._camera_id)
+        return renderer.render()
+
+    def _perturb_camera(self, rng: np.random.Generator) -> None:
+        rand = self.randomization
+        model = self.model
+        for cam in range(model.ncam):
+            model.cam_pos[cam] += rng.uniform(-rand.camera_pos_noise, rand.camera_pos_noise, 3)
+            rotvec = rng.uniform(-rand.camera_angle_noise, rand.camera_angle_noise, 3)
+            angle = float(np.linalg.norm(rotvec))
+            if angle > 0:
+                delta = np.empty(4)
+                mujoco.mju_axisAngle2Quat(delta, rotvec / angle, angle)
+                quat = np.empty(4)
+                mujoco.mju_mulQuat(quat, model.cam_quat[cam], delta)
+                model.cam_quat[cam] = quat
+
+    def _box(self, override: Box2 | None, default: Box2, rng: np.random.Generator) -> np.ndarray:
+        low, high = override if override is not None else default
+        return rng.uniform(low, high)
+
+
+class ArmReachEnv(ArmEnv):
+    """Move the tool centre point to a goal in the air (success within 3 cm)."""
+
+    task = "reach"
+    has_object = False
+    success_threshold = 0.03
+
+    def _sample_task(self, rng: np.random.Generator) -> None:
+        self._goal = self._box(self.randomization.goal, self.default_goal, rng)
+
+    def _evaluate(self, obs: dict[str, np.ndarray]) -> tuple[float, bool]:
+        dist = _dist(obs["ee_pos"], obs["goal_pos"])
+        success = dist < self.success_threshold
+        return -dist + float(success), success
+
+
+class ArmPushEnv(ArmEnv):
+    """Push the block along the table until its centre is within 4 cm (in xy) of the goal."""
+
+    task = "push"
+    default_goal = ((0.35, -0.2, BLOCK_HALF), (0.65, 0.2, BLOCK_HALF))
+    #: Minimum initial block-to-goal distance, so no episode starts solved.
+    min_goal_distance = 0.1
+
+    def _sample_task(self, rng: np.random.Generator) -> None:
+        rand = self.randomization
+        xy = self._box(rand.object_xy, self.default_object_xy, rng)
+        self._block_qpos[:] = (xy[0], xy[1], BLOCK_HALF, 1.0, 0.0, 0.0, 0.0)
+        goal = self._box(rand.goal, self.default_goal, rng)
+        # Rejection sampling with the episode's own RNG keeps resets fully seed-determined.
+        while math.hypot(goal[0] - xy[0], goal[1] - xy[1]) < self.min_goal_distance:
+            goal = self._box(rand.goal, self.default_goal, rng)
+        goal[2] = BLOCK_HALF
+        self._goal = goal
+
+    def _evaluate(self, obs: dict[str, np.ndarray]) -> tuple[float, bool]:
+        obj, goal = obs["object_pos"], obs["goal_pos"]
+        dist = math.hypot(obj[0] - goal[0], obj[1] - goal[1])
+        success = dist < self.success_threshold
+        return -dist - 0.5 * _dist(obs["ee_pos"], obj) + float(success), success
+
+
+class ArmPickPlaceEnv(ArmEnv):
+    """Grasp the block and hold its centre within 4 cm of a goal in the air."""
+
+    task = "pick_place"
+    default_goal = ((0.35, -0.2, 0.1), (0.65, 0.2, 0.3))
+
+    def _sample_task(self, rng: np.random.Generator) -> None:
+        rand = self.randomization
+        xy = self._box(rand.object_xy, self.default_object_xy, rng)
+        self._block_qpos[:] = (xy[0], xy[1], BLOCK_HALF, 1.0, 0.0, 0.0, 0.0)
+        self._goal = self._box(rand.goal, self.default_goal, rng)
+
+    def _evaluate(self, obs: dict[str, np.ndarray]) -> tuple[float, bool]:
+        obj = obs["object_pos"]
+        dist = _dist(obj, obs["goal_pos"])
+        success = dist < self.success_threshold
+        return -dist - 0.5 * _dist(obs["ee_pos"], obj) + float(success), success
+
+
+def _dist(a: np.ndarray, b: np.ndarray) -> float:
+    return math.sqrt(
+        (float(a[0]) - float(b[0])) ** 2
+        + (float(a[1]) - float(b[1])) ** 2
+        + (float(a[2]) - float(b[2])) ** 2
+    )
