@@ -66,8 +66,8 @@ class Normalizer:
 
     @property
     def keys(self) -> list[str]:
-        """The fitted keys."""
-        return list(self._stats)
+        """The fitted keys, sorted."""
+        return sorted(self._stats)
 
     @property
     def modes(self) -> dict[str, str]:

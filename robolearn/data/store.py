@@ -493,6 +493,13 @@ class EpisodeStore:
             raise StoreError(f"{path}: not an episode store (no meta/{_EPISODE_ENDS} array)")
         ends_arr = meta.pop(_EPISODE_ENDS)
         ends = cls._checked_ends(path, ends_arr.read(0, ends_arr.length))
+        if mode == "a":
+            for name, arr in [*data.items(), *meta.items(), (_EPISODE_ENDS, ends_arr)]:
+                if not isinstance(arr, (_RawArray, _StrArray)):
+                    raise StoreError(
+                        f"{path}: array {name!r} is not in EpisodeStore's layout; "
+                        "the store can only be opened read-only"
+                    )
         store = cls(path, dict(root.get("attributes", {})), data, meta, ends, mode == "a")
         store._ends_array = ends_arr
         store._check_lengths()
@@ -600,13 +607,6 @@ class EpisodeStore:
         """Drop whatever a crashed writer left beyond the last committed episode."""
         for tmp in self.path.rglob(f"*{_PARTIAL}"):
             tmp.unlink(missing_ok=True)
-        for arrays in (self._data, self._meta):
-            for name, arr in arrays.items():
-                if not isinstance(arr, (_RawArray, _StrArray)):
-                    raise StoreError(
-                        f"{self.path}: array {name!r} is not in EpisodeStore's layout; "
-                        "the store can only be opened read-only"
-                    )
         if self.n_episodes == 0:
             # The first episode defines keys and dtypes: forget a crashed first attempt.
             for arr in [*self._data.values(), *self._meta.values()]:
