@@ -84,15 +84,9 @@ PANDA_YAW_SPEC = RobotSpec(
 )
 
 
-def joint_offsets() -> tuple[np.ndarray, np.ndarray]:
-    """Fixed part of each joint's transform: positions (7, 3) and rotations RotX(alpha) (7, 3, 3)."""
-    ca, sa = np.cos(DH_ALPHA), np.sin(DH_ALPHA)
-    pos = np.stack([DH_A, -sa * DH_D, ca * DH_D], axis=1)
-    rot = np.zeros((7, 3, 3))
-    rot[:, 0, 0] = 1.0
-    rot[:, 1, 1], rot[:, 1, 2] = ca, -sa
-    rot[:, 2, 1], rot[:, 2, 2] = sa, ca
-    return pos, rot
+def joint_offsets() -> np.ndarray:
+    """Position (7, 3) of each joint's frame in its parent's, before the joint's rotation."""
+    return np.stack([DH_A, -np.sin(DH_ALPHA) * DH_D, np.cos(DH_ALPHA) * DH_D], axis=1)
 
 
 def rot_z(angle: float) -> np.ndarray:

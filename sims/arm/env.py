@@ -231,7 +231,7 @@ class ArmEnv(gym.Env):
         return obs, reward, success and self.terminate_on_success, False, {"success": success}
 
     def render(self) -> np.ndarray | None:
-        """An RGB frame of ``render_size`` from the env's camera when ``render_mode="rgb_array"``."""
+        """An RGB ``render_size`` frame from the env's camera (``render_mode="rgb_array"`` only)."""
         if self.render_mode != "rgb_array":
             return None
         return self._render(self.render_size)

@@ -89,7 +89,7 @@ def build_mjcf(with_block: bool = True, fast_render: bool = True, offscreen_size
             keeps MuJoCo's default visual quality plus a reflective table, for comparison.
         offscreen_size: Offscreen framebuffer size; must cover the largest rendered image.
     """
-    offset_pos, _ = joint_offsets()
+    offset_pos = joint_offsets()
     # Joint 7 to the flange is a pure z offset.
     child_pos = [offset_pos[i + 1] for i in range(6)] + [np.array([0.0, 0.0, FLANGE_D])]
     a_next = [offset_pos[i + 1][0] for i in range(6)] + [0.0]
