@@ -16,11 +16,13 @@ Crash safety. An append writes, in order: the new data rows, the new meta values
 ``episode_ends`` value, and last the ``episode_ends`` shape in its ``zarr.json``: that atomic
 metadata write is the commit point. Rows are only ever written beyond the committed length;
 every metadata file and every new chunk file is written to a temporary file and moved into
-place with ``os.replace`` (so a half-written ``zarr.json`` never appears), and rows go into an
-existing chunk with ``pwrite`` into its uncommitted region only. A process killed at any moment
-therefore leaves every committed episode intact. Readers trust ``episode_ends`` alone and ignore
-trailing rows; the next writer (``open(path, "a")``) truncates them. zarr's LocalStore also
-writes files atomically (zarr >= 3.1), but it can only rewrite whole chunks, too slow here.
+place with ``os.replace`` (so a half-written ``zarr.json`` never appears). Rows go into an
+existing chunk with ``pwrite`` into its uncommitted region only; a new chunk file lies wholly
+beyond the array's shape until it is complete, so it is written in place. A process killed
+at any moment therefore leaves every committed episode intact. Readers trust ``episode_ends``
+alone and ignore trailing rows; the next writer (``open(path, "a")``) truncates them. zarr's
+LocalStore also writes files atomically (zarr >= 3.1), but only by rewriting whole chunks,
+too slow for appends.
 
 Data and meta arrays grow a whole chunk at a time while appending (one metadata write per
 chunk instead of per episode), so they may be longer than ``episode_ends[-1]`` until the writer
@@ -50,9 +52,9 @@ import numpy as np
 SCHEMA_VERSION = 1
 """Version of the layout and attribute conventions written by :class:`EpisodeStore`."""
 
-# ~2 MiB per chunk as in Diffusion Policy: big enough that bulk loads are a few large reads,
-# small enough that a new chunk file is cheap to create.
-_DATA_CHUNK_BYTES = 2 << 20
+# ~4 MiB per chunk: bulk loads are a few large reads, and appends of image episodes create a
+# new chunk file (and grow the shape) only every few episodes.
+_DATA_CHUNK_BYTES = 4 << 20
 _MAX_CHUNK_ROWS = 1 << 20
 # Meta arrays hold one row per episode; a small chunk keeps the rewritten string chunk small.
 _META_CHUNK_ROWS = 1024
@@ -255,10 +257,11 @@ class _RawArray:
             row += n
 
     def _new_chunk(self, path: Path, size: int, offset: int, part: memoryview) -> None:
-        # A full-size chunk (zarr requires it) made sparse by ftruncate, moved into place whole.
+        # A new chunk lies wholly past the array's current shape (shapes grow only after the
+        # rows are written), so no reader looks at it yet and it can be written in place. It
+        # is full-size (zarr requires that), made sparse by ftruncate.
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{_PARTIAL}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(fd, size)
             if self.fill not in (0, False):
@@ -266,7 +269,6 @@ class _RawArray:
             os.pwrite(fd, part, offset)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
 
     def set_length(self, n: int) -> None:
         """Set the length exactly (atomic metadata write); shrinking deletes chunks past it."""
