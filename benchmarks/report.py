@@ -69,7 +69,10 @@ def write_section(key: str, title: str, body: str) -> None:
 
     The section header records the command that produced it, the machine, date and commit.
     """
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    script = Path(sys.argv[0])
+    # Benchmarks run as modules (python -m benchmarks.<name>) so that `benchmarks` imports.
+    target = f"-m benchmarks.{script.stem}" if script.parent.name == "benchmarks" else str(script)
+    command = " ".join(["python", target, *(shlex.quote(a) for a in sys.argv[1:])])
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (
         f"<!-- {key}:begin -->\n## {title}\n\n"
