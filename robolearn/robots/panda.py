@@ -154,6 +154,7 @@ class ArmIK:
         ]
         self._tcp_reach = FLANGE_D + TCP_OFFSET
         self._hand_cs = (math.cos(HAND_YAW), math.sin(HAND_YAW))
+        self._home_pull = nullspace_gain * HOME_QPOS
 
     # The kinematics below work on plain Python floats: on 3-vectors numpy's per-call overhead
     # costs more than the arithmetic, and this runs once per control step inside env.step.
@@ -210,19 +211,20 @@ class ArmIK:
         return np.array(tcp), self._rotation(axes)
 
     @staticmethod
-    def _jacobian(frames: list[tuple[float, ...]], tcp: list[float]) -> np.ndarray:
+    def _jacobian_t(frames: list[tuple[float, ...]], tcp: list[float]) -> np.ndarray:
+        """The transposed (7, 6) geometric Jacobian: one row per joint."""
         t0, t1, t2 = tcp
-        cols = []
+        rows = []
         for a0, a1, a2, o0, o1, o2 in frames:
             # Revolute joint: linear part z_i x (p_tcp - o_i), angular part z_i.
             d0, d1, d2 = t0 - o0, t1 - o1, t2 - o2
-            cols.append((a1 * d2 - a2 * d1, a2 * d0 - a0 * d2, a0 * d1 - a1 * d0, a0, a1, a2))
-        return np.array(cols).T
+            rows.append((a1 * d2 - a2 * d1, a2 * d0 - a0 * d2, a0 * d1 - a1 * d0, a0, a1, a2))
+        return np.array(rows)
 
     def jacobian(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """TCP position, rotation and the (6, 7) geometric Jacobian (linear rows first)."""
         frames, tcp, axes = self._kinematics(np.asarray(q, dtype=np.float64))
-        return np.array(tcp), self._rotation(axes), self._jacobian(frames, tcp)
+        return np.array(tcp), self._rotation(axes), self._jacobian_t(frames, tcp).T
 
     @staticmethod
     def yaw(rotation: np.ndarray) -> float:
@@ -269,7 +271,7 @@ class ArmIK:
         act = self._check_action(action)
         q = np.asarray(q, dtype=np.float64)
         frames, tcp, axes = self._kinematics(q)
-        jac = self._jacobian(frames, tcp)
+        jac_t = self._jacobian_t(frames, tcp)
         (t0, t1, t2), yaw = self._target(tcp, axes, act)
         # Rotation error 0.5 * sum_i (a_i x b_i) over current (a) and target (b) axes: sin(angle)
         # times the axis, accurate for the small per-step rotations used here. Target axes of
@@ -286,11 +288,14 @@ class ArmIK:
                 0.5 * (ax0 * s - ax1 * c - ay0 * c - ay1 * s),
             )
         )
-        pull = self.nullspace_gain * (HOME_QPOS - q)
+        pull = self._home_pull - self.nullspace_gain * q
         # dq = J+ err + (I - J+ J) pull = J^T (J J^T + damp)^-1 (err - J pull) + pull, with J+
         # the damped pseudo-inverse: one 6x6 solve for both the task and the null-space term.
-        dq = jac.T @ np.linalg.solve(jac @ jac.T + self._damp, err - jac @ pull) + pull
+        dq = jac_t @ np.linalg.solve(jac_t.T @ jac_t + self._damp, err - pull @ jac_t) + pull
+        # Bound the step per joint, then keep the target inside the joint limits.
         limit = self.max_joint_step
-        q_target = q + np.minimum(np.maximum(dq, -limit), limit)
-        q_target = np.minimum(np.maximum(q_target, JOINT_LOWER), JOINT_UPPER)
+        q_target = np.minimum(np.maximum(dq, -limit), limit)
+        q_target += q
+        np.maximum(q_target, JOINT_LOWER, out=q_target)
+        np.minimum(q_target, JOINT_UPPER, out=q_target)
         return q_target, 0.5 * (act[3] + 1.0) * GRIPPER_MAX_OPENING

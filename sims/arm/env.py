@@ -136,6 +136,8 @@ class ArmEnv(gym.Env):
         self.nstep = round(1.0 / (self.robot_spec.control_hz * TIMESTEP))
         # Views into MuJoCo's buffers, fetched once so step() does no name lookups.
         self._qpos_arm = self.data.qpos[:7]
+        self._qpos_fingers = self.data.qpos[7:9]
+        self._ctrl = self.data.ctrl
         self._tcp_pos = self.data.site("tcp").xpos
         self._goal_mocap = self.model.body("goal").mocapid[0]
         self._camera_id = self.model.camera(camera).id
@@ -220,7 +222,7 @@ class ArmEnv(gym.Env):
         self, action: np.ndarray
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         q_target, opening = self.ik.action_to_targets(self._qpos_arm, action)
-        ctrl = self.data.ctrl
+        ctrl = self._ctrl
         ctrl[:7] = q_target
         ctrl[7] = ctrl[8] = 0.5 * opening
         mujoco.mj_step(self.model, self.data, nstep=self.nstep)
@@ -244,11 +246,10 @@ class ArmEnv(gym.Env):
     # --- internals --------------------------------------------------------------------------
 
     def _observe(self) -> dict[str, np.ndarray]:
-        data = self.data
         obs = {
             "joint_pos": self._qpos_arm.astype(np.float32),
             "ee_pos": self._tcp_pos.astype(np.float32),
-            "gripper": np.array([data.qpos[7] + data.qpos[8]], dtype=np.float32),
+            "gripper": self._qpos_fingers.sum(keepdims=True, dtype=np.float32),
         }
         if self.has_object:
             obs["object_pos"] = self._block_pos.astype(np.float32)
