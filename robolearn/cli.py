@@ -121,6 +121,7 @@ def validate(cfg: DictConfig, verb: str) -> None:
     positive_int("num_envs")
     positive_int("video_episodes", 0)
     positive_int("seed", 0)
+    positive_int("threads")
     need(
         "device",
         cfg.device == "auto" or str(cfg.device).split(":")[0] in ("cpu", "cuda", "mps"),
@@ -553,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resumed_config(overrides) or compose_config(overrides)
         validate(cfg, verb)
+        import torch
+
+        torch.set_num_threads(cfg.threads)
         return VERBS[verb](cfg)
     except ConfigError as err:
         print(f"robolearn {verb}: config error: {err}", file=sys.stderr)

@@ -1,8 +1,8 @@
 """Making environments by gymnasium id, so the core never imports a simulator directly.
 
-Environments register themselves under gymnasium ids (``robolearn/<Name>-v0``) through the
-``gymnasium.envs`` entry point of the installed ``sims`` and ``hw`` packages. ``make_env``
-also imports a named package first, which covers running from a source tree.
+Environments register themselves under gymnasium ids (``robolearn/<Name>-v0``) when their
+package (``sims``, ``hw``) is imported; ``make_env`` imports those packages by name on first use
+of an unknown id (gymnasium >= 1.0 no longer loads env entry points by itself).
 """
 
 from __future__ import annotations

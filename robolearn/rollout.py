@@ -15,10 +15,10 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from tqdm.auto import tqdm
 
 from robolearn.data.store import EpisodeStore
 from robolearn.policy import Policy
+from robolearn.utils import progress_bar
 
 #: Data key used for environments whose observation space is a single flat Box.
 FLAT_OBS_KEY = "obs"
@@ -148,7 +148,7 @@ def rollout(
     dt = 1.0 / control_hz(env)
     results: list[EpisodeResult] = []
     videos: list[np.ndarray] = []
-    bar = tqdm(total=episodes, desc=desc, disable=not progress, unit="ep", leave=False)
+    bar = progress_bar(episodes, desc, progress, unit="ep")
     next_episode = 0
     while next_episode < episodes:
         n_active = min(batch.size, episodes - next_episode)

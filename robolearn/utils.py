@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import random
+import sys
+from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -26,3 +29,17 @@ def seed_everything(seed: int) -> np.random.Generator:
     np.random.seed(seed % 2**32)  # noqa: NPY002 - third-party code draws from the global RNG
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True, **kwargs: Any) -> tqdm:
+    """A tqdm bar that redraws rarely when stderr is a log file rather than a terminal."""
+    interval = 0.1 if sys.stderr.isatty() else 15.0
+    return tqdm(
+        total=total,
+        desc=desc,
+        disable=not enabled,
+        leave=False,
+        mininterval=interval,
+        dynamic_ncols=True,
+        **kwargs,
+    )

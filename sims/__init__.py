@@ -1,8 +1,7 @@
 """Simulation environments, registered as gymnasium ids ``robolearn/<Name>-v0``.
 
 Importing ``sims`` registers the ids; the entry points are strings, so no simulator is imported
-until an env is made. ``register_envs`` is idempotent and also serves as the package's
-``gymnasium.envs`` entry point.
+until an env is made. ``register_envs`` is idempotent.
 """
 
 from __future__ import annotations

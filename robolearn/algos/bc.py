@@ -15,14 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from robolearn.data.normalizer import Normalizer
 from robolearn.data.sampler import split_episodes
 from robolearn.nets.mlp import MLP
 from robolearn.policy import NORMALIZER_FILE, WEIGHTS_FILE, Policy, read_policy_file
 from robolearn.training import Checkpointer, MetricLog
-from robolearn.utils import seed_everything
+from robolearn.utils import progress_bar, seed_everything
 
 
 @dataclasses.dataclass
@@ -209,15 +208,8 @@ def train_bc(
             },
         )
 
-    bar = tqdm(
-        range(start_step, cfg.steps),
-        desc="train bc",
-        disable=not progress,
-        initial=start_step,
-        total=cfg.steps,
-        leave=False,
-    )
-    for step in bar:
+    bar = progress_bar(cfg.steps, "train bc", progress, initial=start_step)
+    for step in range(start_step, cfg.steps):
         policy.model.train()
         loss = loss_on(rng.choice(train_rows, size=cfg.batch_size))
         optimizer.zero_grad(set_to_none=True)
@@ -234,5 +226,7 @@ def train_bc(
             bar.set_postfix(loss=f"{scalars['train/loss']:.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save(step + 1)
+        bar.update(1)
+    bar.close()
     log.close()
     return policy
