@@ -223,7 +223,7 @@ def train_bc(
                 with torch.no_grad():
                     scalars["val/loss"] = loss_on(val_rows[:4096]).item()
             log.log(step + 1, **scalars)
-            bar.set_postfix(loss=f"{scalars['train/loss']:.4f}")
+            bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", refresh=False)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save(step + 1)
         bar.update(1)
