@@ -1,14 +1,17 @@
 """EpisodeStore write/read throughput against raw ``.npy`` files, and sampler speed.
 
 Two datasets: low-dim (200 episodes x 100 steps of actions and proprioceptive/object state)
-and images (50 episodes x 100 steps of 84x84x3 uint8 plus actions). For each:
+and images (50 episodes x 100 steps of 84x84x3 uint8 plus actions). For each, the store and
+raw numpy do the same work at the same granularity:
 
-- write: ``EpisodeStore.create`` + one ``add_episode`` per episode, against two raw baselines:
-  one ``np.save`` per key per episode (the same unit of work, what a recorder without a store
-  does) and one ``np.save`` per key of the whole concatenated array (the lower bound: no
-  per-episode work at all).
+- streaming write: ``EpisodeStore.create`` + one ``add_episode`` (one durable commit) per
+  episode, against one ``np.save`` per key per episode (what a recorder without a store does);
+- bulk write: ``EpisodeStore.create`` + one ``add_episodes`` of all episodes (one commit),
+  against one ``np.save`` per key of the whole concatenated array (the arrays are
+  concatenated before timing, so numpy gets that work for free);
 - read: ``EpisodeStore.load()`` against ``np.load`` of the whole concatenated arrays.
 
+Store writes include creating the store and closing it (cutting arrays to exact lengths).
 Throughput is payload bytes / median wall time of 5 repeats (after one warm-up), in one run;
 everything lives in the page cache, so this measures the software path, not the disk.
 Then: SequenceSampler random windows per second at batch 256, horizon 16 (To=2, Ta=8 padding).
@@ -68,10 +71,19 @@ def bench_case(name: str, episodes: list[dict[str, np.ndarray]], root: Path) -> 
         path = root / f"{name}-{next(counter)}"
         return path
 
-    def write_store() -> None:
+    def meta(i: int) -> dict[str, object]:
+        return {"success": True, "seed": i, "source": "bench"}
+
+    def write_store_streaming() -> None:
         store = EpisodeStore.create(fresh(), attrs={"bench": name})
         for i, ep in enumerate(episodes):
-            store.add_episode(ep, meta={"success": True, "seed": i, "source": "bench"})
+            store.add_episode(ep, meta(i))
+        store.close()
+
+    def write_store_bulk() -> None:
+        store = EpisodeStore.create(fresh(), attrs={"bench": name})
+        store.add_episodes((ep, meta(i)) for i, ep in enumerate(episodes))
+        store.close()
 
     def write_npy_episodes() -> None:
         path = fresh()
@@ -86,16 +98,17 @@ def bench_case(name: str, episodes: list[dict[str, np.ndarray]], root: Path) -> 
         for k, a in whole.items():
             np.save(path / f"{k}.npy", a)
 
-    t_store = median_time(write_store, REPEATS)
+    # Interleaved so that both sides of each ratio see the same (noisy, shared) machine state.
+    t_stream = median_time(write_store_streaming, REPEATS)
     t_npy_ep = median_time(write_npy_episodes, REPEATS)
+    t_bulk = median_time(write_store_bulk, REPEATS)
     t_npy_whole = median_time(write_npy_whole, REPEATS)
 
     store_path = root / f"{name}-read.zarr"
     npy_path = root / f"{name}-read-npy"
     npy_path.mkdir()
-    store = EpisodeStore.create(store_path)
-    for ep in episodes:
-        store.add_episode(ep)
+    with EpisodeStore.create(store_path) as store:
+        store.add_episodes((ep, None) for ep in episodes)
     for k, a in whole.items():
         np.save(npy_path / f"{k}.npy", a)
     reader = EpisodeStore.open(store_path)
@@ -112,11 +125,16 @@ def bench_case(name: str, episodes: list[dict[str, np.ndarray]], root: Path) -> 
     def mbs(t: float) -> str:
         return f"{mb / t:,.0f}"
 
+    def row(op: str, t_store: float, baseline: str, t_raw: float) -> list[object]:
+        ratio = t_raw / t_store
+        verdict = "yes" if ratio >= 0.5 else "**no**"
+        return [name, op, f"{mb:.1f}", mbs(t_store), baseline, mbs(t_raw), f"{ratio:.2f}x", verdict]
+
     return [
-        [name, "write", f"{mb:.1f}", mbs(t_store), mbs(t_npy_ep), f"{t_npy_ep / t_store:.2f}x",
-         mbs(t_npy_whole), f"{t_npy_whole / t_store:.2f}x"],
-        [name, "read (load)", f"{mb:.1f}", mbs(t_read_store), "", "",
-         mbs(t_read_npy), f"{t_read_npy / t_read_store:.2f}x"],
+        row("write, streaming: add_episode per episode", t_stream,
+            "np.save per key per episode", t_npy_ep),
+        row("write, bulk: one add_episodes", t_bulk, "np.save per key, whole arrays", t_npy_whole),
+        row("read: load()", t_read_store, "np.load per key, whole arrays", t_read_npy),
     ]  # fmt: skip
 
 
@@ -144,8 +162,8 @@ def main() -> None:
     windows_per_s, n_windows = bench_sampler(low)
 
     header = [
-        "dataset", "op", "MB", "store MB/s", "npy per-episode MB/s", "store / npy per-episode",
-        "npy whole-array MB/s", "store / npy whole-array",
+        "dataset", "store op", "MB", "store MB/s", "raw numpy, same granularity", "raw MB/s",
+        "store / raw", ">= 0.5x",
     ]  # fmt: skip
     body = (
         table(header, rows)
@@ -153,13 +171,23 @@ def main() -> None:
         + f"SequenceSampler: {windows_per_s:,.0f} random windows/s at batch 256, horizon 16 "
         f"(pad_before 1, pad_after 7, 3 low-dim keys, two with key_first_k=2; "
         f"{n_windows} windows over 200 episodes). Target >= 20,000/s.\n\n"
-        "Targets: store/raw >= 0.5x. Store arrays are uncompressed (zarr `bytes` codec), chunked "
-        "~4 MiB along time; appends pwrite only new rows, load() reads chunk files straight into "
-        "the result. Page-cache resident, so these are software-path numbers, not disk numbers. "
-        "Each add_episode is a durable commit costing at least one atomic rename (episode_ends' "
-        "zarr.json; plus one for a str meta value), ~0.5-2.5 ms on this VM's ext4, so tiny "
-        "low-dim episodes cannot approach one np.save of the whole concatenated arrays; against "
-        "the same per-episode work (one .npy per key per episode) the store is faster."
+        "Target: store / raw >= 0.5x, each store operation against raw numpy doing the same "
+        "work at the same granularity. Store writes include create and close; meta per "
+        "episode: success, seed, source (a string) and length. Store arrays are uncompressed "
+        "(zarr `bytes` codec), chunked ~4 MiB along time; appends write only new rows "
+        "(pwritev, one call per chunk per key for a whole batch), load() reads chunk files "
+        "straight into the result. Page-cache resident, so these are software-path numbers, "
+        "not disk numbers; the machine is shared and noisy, ratios come from one run. "
+        "Each add_episode is a durable commit: one atomic rename (episode_ends' zarr.json) "
+        "plus a few in-place pwrites, and a metadata rename per array only when it grows by a "
+        "chunk. add_episodes validates and writes a whole batch and commits it with one "
+        "rename (all or nothing, also under SIGKILL). Bulk low-dim misses the target: its "
+        "2.2 MB of rows take well under a millisecond to write, the time goes to file-system "
+        "namespace operations, which cost ~0.2-1 ms each on this VM's ext4. A fresh store in "
+        "the zarr layout is 13 arrays (8 data keys, 4 meta keys, episode_ends), each a "
+        "directory, a zarr.json (temporary file + rename) and chunk directories and files: "
+        "~35 mkdir, ~40 file creates and 20 renames (strace), against np.save's 1 mkdir and 8 "
+        "file creates. The images dataset, where bytes dominate, is within target."
     )
     write_section("data-store", "EpisodeStore and SequenceSampler throughput", body)
 

@@ -12,22 +12,32 @@ chunk file is the raw little-endian rows of the chunk. That lets this module app
 plain ``pwrite`` into the tail chunk and load whole arrays with ``readinto`` straight into the
 result, at the speed of raw ``.npy`` files; any zarr v3 reader still reads the store.
 
-Crash safety. An append writes, in order: the new data rows, the new meta values, the new
-``episode_ends`` value, and last the ``episode_ends`` shape in its ``zarr.json``: that atomic
-metadata write is the commit point. Rows are only ever written beyond the committed length;
-every metadata file and every new chunk file is written to a temporary file and moved into
-place with ``os.replace`` (so a half-written ``zarr.json`` never appears). Rows go into an
-existing chunk with ``pwrite`` into its uncommitted region only; a new chunk file lies wholly
-beyond the array's shape until it is complete, so it is written in place. A process killed
-at any moment therefore leaves every committed episode intact. Readers trust ``episode_ends``
-alone and ignore trailing rows; the next writer (``open(path, "a")``) truncates them. zarr's
-LocalStore also writes files atomically (zarr >= 3.1), but only by rewriting whole chunks,
-too slow for appends.
+Appending. ``add_episodes`` appends a batch of episodes with one commit; ``add_episode`` (the
+streaming path used while recording) is a batch of one. A batch writes, in order: the new data
+rows, the new meta values, the new ``episode_ends`` values, and last the ``episode_ends`` shape
+in its ``zarr.json``: that one atomic metadata write (temporary file + ``os.replace``) is the
+commit point of the whole batch.
 
-Data and meta arrays grow a whole chunk at a time while appending (one metadata write per
-chunk instead of per episode), so they may be longer than ``episode_ends[-1]`` until the writer
-is closed (``close()``, garbage collection or interpreter exit), which cuts them to the exact
-committed lengths that Diffusion Policy's ReplayBuffer asserts.
+Crash safety. Rows and meta values are only ever written beyond the committed length (the
+number of episodes in ``episode_ends``), so they may be written in place: ``pwrite`` into the
+tail chunk of a raw array; for a string meta array, the encoded items past the committed ones
+are rewritten in place, never the committed items before them (a vlen-utf8 chunk is a count,
+then length-prefixed items, so the committed items are a stable prefix of the file). Every
+metadata file, and a chunk file that must appear with committed rows in it, is written to a
+temporary file and moved into place with ``os.replace`` (so a half-written file never appears).
+A meta array first created by a batch records that episode index (``first_episode``
+attribute) and stays hidden until a commit covers it. A process killed at any moment therefore
+leaves every committed episode intact and nothing of an uncommitted batch visible. Readers
+trust ``episode_ends`` alone and ignore trailing rows; the next writer (``open(path, "a")``)
+truncates them. zarr's LocalStore also writes files atomically (zarr >= 3.1), but only by
+rewriting whole chunks, too slow for appends.
+
+Data and meta arrays grow a whole chunk at a time while streaming single episodes (one
+metadata write per chunk instead of per episode), so they may be longer than
+``episode_ends[-1]`` until the writer is closed (``close()``, garbage collection or interpreter
+exit), which cuts them to the exact committed lengths that Diffusion Policy's ReplayBuffer
+asserts. A batch of several episodes grows them to the exact length instead: its metadata
+writes are shared by the whole batch anyway.
 
 Stores written by Diffusion Policy (zarr v2, a ``.zarr`` directory or a ``.zarr.zip``, usually
 Blosc-compressed) and v3 arrays in another layout are read through zarr itself, read-only.
@@ -40,6 +50,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,6 +72,11 @@ _META_CHUNK_ROWS = 1024
 _PARTIAL = ".partial"
 _EPISODE_ENDS = "episode_ends"
 _LENGTH = "length"
+# Attribute of a meta array: index of the first episode written to it. The array belongs to the
+# store only once that episode is committed (a crashed batch that created it is rolled back).
+_FIRST_EPISODE = "first_episode"
+_U32 = struct.Struct("<I")  # the item count and item lengths of a vlen-utf8 chunk
+_IOV_MAX = 1024  # buffers per pwritev call (Linux's IOV_MAX)
 
 _FAST_DTYPES = {
     "bool",
@@ -94,6 +110,28 @@ def _atomic_write(path: Path, payload: bytes | memoryview) -> None:
     os.replace(tmp, path)
 
 
+def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> None:
+    """Write byte ``views`` back to back at ``offset``: one ``pwritev`` per ``_IOV_MAX`` buffers."""
+    views = [v for v in views if v.nbytes]
+    i = 0
+    while i < len(views):
+        done = os.pwritev(fd, views[i : i + _IOV_MAX], offset)
+        if done <= 0:
+            raise OSError(f"pwritev wrote {done} bytes")
+        offset += done
+        # A short write (a full disk, a signal) goes on from where it stopped.
+        while i < len(views) and done >= views[i].nbytes:
+            done -= views[i].nbytes
+            i += 1
+        if done:
+            views[i] = views[i][done:]
+
+
+def _grown_length(n: int, chunk_rows: int, exact: bool) -> int:
+    """Rows an array grows to so that it holds ``n``: exactly ``n``, or whole chunks."""
+    return n if exact else -(-n // chunk_rows) * chunk_rows
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -104,9 +142,9 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _to_json(obj: Any, what: str) -> str:
+def _to_json(obj: Any, what: str, indent: int | None = 2) -> str:
     try:
-        return json.dumps(obj, indent=2, default=_json_default, allow_nan=True)
+        return json.dumps(obj, indent=indent, default=_json_default, allow_nan=True)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what}: {exc}") from None
 
@@ -159,7 +197,9 @@ def _drop_chunks_beyond(path: Path, chunk_rows: int, n: int) -> None:
 def _set_shape(array: _RawArray | _StrArray, n: int) -> None:
     """Rewrite an array's ``zarr.json`` with ``n`` rows, atomically."""
     array.meta["shape"][0] = n
-    _atomic_write(array.path / "zarr.json", _to_json(array.meta, str(array.path)).encode())
+    # Written on every commit: compact JSON, which json's C encoder writes (indented: Python's).
+    payload = _to_json(array.meta, str(array.path), indent=None).encode()
+    _atomic_write(array.path / "zarr.json", payload)
 
 
 def _chunked_only_along_time(meta: dict) -> bool:
@@ -208,9 +248,9 @@ class _RawArray:
     def length(self) -> int:
         return int(self.meta["shape"][0])
 
-    def _chunk_path(self, ci: int) -> Path:
+    def _chunk_path(self, ci: int) -> str:
         suffix = f"/{self._chunk_suffix}" if self._chunk_suffix else ""
-        return self.path / f"c/{ci}{suffix}"
+        return f"{self.path}/c/{ci}{suffix}"
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)``, read straight into the result array."""
@@ -234,58 +274,98 @@ class _RawArray:
             row += n
         return out
 
-    def write(self, start: int, values: np.ndarray) -> None:
-        """Write rows at ``start``; callers only write beyond the committed length."""
-        buf = np.ascontiguousarray(values, dtype=self.dtype).reshape(-1).view(np.uint8)
-        chunk_bytes = self.chunk_rows * self.row_bytes
-        row, stop = start, start + len(values)
-        while row < stop:
-            ci, local = divmod(row, self.chunk_rows)
-            n = min(stop - row, self.chunk_rows - local)
-            lo = (row - start) * self.row_bytes
-            part = memoryview(buf[lo : lo + n * self.row_bytes])
+    def write(self, start: int, values: np.ndarray | Sequence[np.ndarray]) -> None:
+        """Write rows at ``start``: one array, or several (a batch) back to back.
+
+        Callers only write beyond the committed length. The parts are not concatenated: the
+        slices that fall into one chunk go out in one ``pwritev``, so a batch of many small
+        episodes costs one open and one system call per chunk, not per episode.
+        """
+        parts = [values] if isinstance(values, np.ndarray) else values
+        rb = self.row_bytes
+        views: dict[int, tuple[int, list[memoryview]]] = {}  # chunk -> (byte offset, slices)
+        row = start
+        for part in parts:
+            buf = np.ascontiguousarray(part, dtype=self.dtype).reshape(-1).view(np.uint8)
+            done, n_rows = 0, len(part)
+            while done < n_rows:
+                ci, local = divmod(row, self.chunk_rows)
+                n = min(n_rows - done, self.chunk_rows - local)
+                views.setdefault(ci, (local * rb, []))[1].append(
+                    memoryview(buf[done * rb : (done + n) * rb])
+                )
+                done += n
+                row += n
+        for ci, (offset, chunk_views) in views.items():
             path = self._chunk_path(ci)
             try:
                 fd = os.open(path, os.O_WRONLY)
             except FileNotFoundError:
-                self._new_chunk(path, chunk_bytes, local * self.row_bytes, part)
+                self._new_chunk(path, self.chunk_rows * rb, offset, chunk_views)
             else:
                 try:
-                    os.pwrite(fd, part, local * self.row_bytes)
+                    _pwrite_all(fd, chunk_views, offset)
                 finally:
                     os.close(fd)
-            row += n
 
-    def _new_chunk(self, path: Path, size: int, offset: int, part: memoryview) -> None:
-        # A new chunk lies wholly past the array's current shape (shapes grow only after the
-        # rows are written), so no reader looks at it yet and it can be written in place. It
-        # is full-size (zarr requires that), made sparse by ftruncate.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.ftruncate(fd, size)
-            if self.fill not in (0, False):
-                os.pwrite(fd, np.full(size // self.dtype.itemsize, self.fill, self.dtype), 0)
-            os.pwrite(fd, part, offset)
-        finally:
-            os.close(fd)
+    def _new_chunk(self, path: str, size: int, offset: int, views: list[memoryview]) -> None:
+        # The only committed rows a missing chunk can cover are fill values (a meta array
+        # created after earlier episodes: a missing chunk reads as fill). A chunk file must be
+        # full-size (zarr requires that).
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if self.fill in (0, False):
+            # Zero fill: a sparse file reads as fill from the start, so no reader ever sees a
+            # wrong committed row and the chunk is written in place.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.ftruncate(fd, size)
+                _pwrite_all(fd, views, offset)
+            finally:
+                os.close(fd)
+            return
+        # Other fills (NaN, -1; small meta chunks): built in memory and moved into place whole,
+        # so committed fill rows never read as zeros.
+        chunk = np.full(size // self.dtype.itemsize, self.fill, self.dtype).view(np.uint8)
+        pos = offset
+        for view in views:
+            chunk[pos : pos + view.nbytes] = np.frombuffer(view, np.uint8)
+            pos += view.nbytes
+        _atomic_write(Path(path), memoryview(chunk))
 
     def set_length(self, n: int) -> None:
         """Set the length exactly (atomic metadata write); shrinking deletes chunks past it."""
         _set_shape(self, n)
         self.drop_chunks_beyond(n)
 
-    def reserve(self, n: int) -> None:
-        """Make the array at least ``n`` rows long, growing to a whole number of chunks."""
+    def reserve(self, n: int, exact: bool = False) -> None:
+        """Make the array at least ``n`` rows long: exactly ``n``, or a whole number of chunks."""
         if self.length < n:
-            _set_shape(self, -(-n // self.chunk_rows) * self.chunk_rows)
+            _set_shape(self, _grown_length(n, self.chunk_rows, exact))
 
     def drop_chunks_beyond(self, n: int) -> None:
         _drop_chunks_beyond(self.path, self.chunk_rows, n)
 
 
+def _encode_items(values: Iterable[str]) -> bytes:
+    """vlen-utf8 items without the count header: a u32 length, then the UTF-8 bytes, each."""
+    out = bytearray()
+    for value in values:
+        raw = value.encode()
+        out += _U32.pack(len(raw))
+        out += raw
+    return bytes(out)
+
+
 class _StrArray:
-    """A 1-D variable-length UTF-8 string array (``vlen-utf8`` codec), for meta values."""
+    """A 1-D variable-length UTF-8 string array (``vlen-utf8`` codec), for meta values.
+
+    A chunk file is ``u32 count`` then ``count`` items of ``u32 length + UTF-8 bytes``. Appends
+    rewrite, in place, only the items from the first uncommitted one to the chunk's end (the
+    new values, then fill); the committed items before them are a prefix that never changes.
+    So an append costs one ``pwrite``, not a rewrite and rename of the whole chunk, and a
+    crash can leave a torn tail only past the committed items: reads decode just the prefix
+    they need when the whole chunk does not decode, and the next writer rewrites the tail.
+    """
 
     _codec = numcodecs.VLenUTF8()
 
@@ -294,6 +374,10 @@ class _StrArray:
         self.meta = meta
         self.chunk_rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
         self.fill = meta.get("fill_value") or ""
+        self._fill_item = _encode_items([self.fill])
+        # (chunk, item, byte offset) where the last write ended, so that the next append
+        # need not read and parse the chunk to find where its items start (one writer only).
+        self._cursor: tuple[int, int, int] | None = None
 
     @staticmethod
     def supports(meta: dict) -> bool:
@@ -310,42 +394,111 @@ class _StrArray:
     def length(self) -> int:
         return int(self.meta["shape"][0])
 
-    def _chunk(self, ci: int) -> np.ndarray:
+    def _chunk_path(self, ci: int) -> Path:
+        return self.path / f"c/{ci}"
+
+    def _item_offset(self, raw: bytes, item: int) -> int:
+        """Byte offset of item ``item`` in the encoded chunk ``raw`` (walks the prefix)."""
+        pos = _U32.size
+        for _ in range(item):
+            if pos + _U32.size > len(raw):
+                raise StoreError(f"{self.path}: string chunk is truncated")
+            pos += _U32.size + _U32.unpack_from(raw, pos)[0]
+        if pos > len(raw):
+            raise StoreError(f"{self.path}: string chunk is truncated")
+        return pos
+
+    def _chunk(self, ci: int, need: int) -> list[str]:
+        """The first ``need`` items of chunk ``ci`` (fill values if it has no file)."""
         try:
-            raw = (self.path / f"c/{ci}").read_bytes()
+            raw = self._chunk_path(ci).read_bytes()
         except FileNotFoundError:
-            return np.full(self.chunk_rows, self.fill, dtype=object)
-        return self._codec.decode(raw)
+            return [self.fill] * need
+        try:
+            return list(self._codec.decode(raw)[:need])
+        except ValueError:
+            pass
+        # A torn tail (a writer killed mid-append): decode the committed prefix only.
+        values, pos = [], _U32.size
+        for _ in range(need):
+            n = _U32.unpack_from(raw, pos)[0] if pos + _U32.size <= len(raw) else -1
+            if n < 0 or pos + _U32.size + n > len(raw):
+                raise StoreError(f"{self._chunk_path(ci)}: string chunk is truncated")
+            values.append(raw[pos + _U32.size : pos + _U32.size + n].decode())
+            pos += _U32.size + n
+        return values
 
     def read(self, start: int, stop: int) -> np.ndarray:
         values: list[str] = []
         for ci in range(start // self.chunk_rows, -(-stop // self.chunk_rows)):
             lo = ci * self.chunk_rows
-            chunk = self._chunk(ci)
-            values.extend(chunk[max(start - lo, 0) : stop - lo])
+            chunk = self._chunk(ci, min(stop - lo, self.chunk_rows))
+            values.extend(chunk[max(start - lo, 0) :])
         return np.array(values, dtype=str) if values else np.zeros(0, dtype=str)
 
-    def write(self, start: int, values: np.ndarray) -> None:
-        for i, value in enumerate(values):
-            ci, local = divmod(start + i, self.chunk_rows)
-            chunk = self._chunk(ci)
-            chunk[local] = str(value)
-            path = self.path / f"c/{ci}"
+    def write(self, start: int, values: Sequence[object]) -> None:
+        """Write values at ``start``; callers only write beyond the committed length."""
+        texts = [str(v) for v in values]
+        done = 0
+        while done < len(texts):
+            ci, local = divmod(start + done, self.chunk_rows)
+            n = min(len(texts) - done, self.chunk_rows - local)
+            self._write_tail(ci, local, texts[done : done + n])
+            done += n
+
+    def _write_tail(self, ci: int, item: int, texts: list[str]) -> None:
+        """Rewrite chunk ``ci`` from item ``item`` on: ``texts``, then fill to the chunk's end."""
+        path = self._chunk_path(ci)
+        body = _encode_items(texts)
+        tail = body + self._fill_item * (self.chunk_rows - item - len(texts))
+        offset = None
+        if self._cursor is not None and self._cursor[:2] == (ci, item):
+            offset = self._cursor[2]
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                offset = self._item_offset(self._chunk_path(ci).read_bytes(), item)
+        if offset is None:
+            # No file yet: items before ``item`` may be committed fill values, so the chunk is
+            # written whole and moved into place (a rename to a new name, once per chunk).
             path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, bytes(self._codec.encode(chunk)))
+            head = _U32.pack(self.chunk_rows) + self._fill_item * item
+            _atomic_write(path, head + tail)
+            offset = len(head)
+        else:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                _pwrite_all(fd, [memoryview(tail)], offset)
+                os.ftruncate(fd, offset + len(tail))
+            finally:
+                os.close(fd)
+        self._cursor = (ci, item + len(texts), offset + len(body))
 
     def set_length(self, n: int) -> None:
         """Set the length exactly (atomic metadata write); shrinking deletes chunks past it."""
         _set_shape(self, n)
         self.drop_chunks_beyond(n)
 
-    def reserve(self, n: int) -> None:
-        """Make the array at least ``n`` rows long, growing to a whole number of chunks."""
+    def reserve(self, n: int, exact: bool = False) -> None:
+        """Make the array at least ``n`` rows long: exactly ``n``, or a whole number of chunks."""
         if self.length < n:
-            _set_shape(self, -(-n // self.chunk_rows) * self.chunk_rows)
+            _set_shape(self, _grown_length(n, self.chunk_rows, exact))
 
     def drop_chunks_beyond(self, n: int) -> None:
+        """Delete chunks past row ``n`` and reset items past it in its chunk to fill.
+
+        Uncommitted items left by a crashed or failed append (possibly a torn tail) would
+        otherwise stay in the chunk that zarr decodes whole.
+        """
         _drop_chunks_beyond(self.path, self.chunk_rows, n)
+        self._cursor = None
+        ci, item = divmod(n, self.chunk_rows)
+        try:
+            raw = self._chunk_path(ci).read_bytes()
+        except FileNotFoundError:
+            return
+        offset = self._item_offset(raw, item)
+        if raw[offset:] != self._fill_item * (self.chunk_rows - item):
+            self._write_tail(ci, item, [])
 
 
 class _ZarrArray:
@@ -495,6 +648,13 @@ class EpisodeStore:
             raise StoreError(f"{path}: not an episode store (no meta/{_EPISODE_ENDS} array)")
         ends_arr = meta.pop(_EPISODE_ENDS)
         ends = cls._checked_ends(path, ends_arr.read(0, ends_arr.length))
+        for name, arr in list(meta.items()):
+            first = getattr(arr, "meta", {}).get("attributes", {}).get(_FIRST_EPISODE, -1)
+            if isinstance(first, int) and first >= len(ends):
+                # Created by a batch that never committed: not part of the store.
+                del meta[name]
+                if mode == "a":
+                    shutil.rmtree(arr.path)
         if mode == "a":
             for name, arr in [*data.items(), *meta.items(), (_EPISODE_ENDS, ends_arr)]:
                 if not isinstance(arr, (_RawArray, _StrArray)):
@@ -615,7 +775,9 @@ class EpisodeStore:
                 shutil.rmtree(arr.path)
             self._data.clear()
             self._meta.clear()
-            self._ends_array.set_length(0)
+            if self._ends_array.length:
+                self._ends_array.set_length(0)
+            self._ends_array.drop_chunks_beyond(0)
             return
         self._sync_counts()
         _trim(self._data, self._meta, self._counts)
@@ -761,116 +923,210 @@ class EpisodeStore:
         must match them exactly. ``meta`` holds bool/int/float/str scalars; a key missing
         here gets its fill value (False, -1, NaN, ""), a new key gets it for earlier episodes.
         The episode length is recorded as ``meta/length``.
+
+        This is the streaming path used while recording: every call is one durable commit
+        (one atomic metadata replace). To write many episodes at once, use
+        :meth:`add_episodes`, which commits them all with one.
         """
+        return self._append([(data, meta)], "add_episode")[0]
+
+    def add_episodes(
+        self, episodes: Iterable[tuple[Mapping[str, np.ndarray], Mapping[str, object] | None]]
+    ) -> list[int]:
+        """Append a batch of ``(data, meta)`` episodes with ONE commit; returns their indices.
+
+        Every episode is validated exactly as by :meth:`add_episode` (in an empty store the
+        first one defines the keys) before anything is written; then all rows, meta values
+        and episode ends are written in one pass and a single ``episode_ends`` update commits
+        them. All or nothing: an invalid episode, an exception or a crash (even SIGKILL)
+        midway leaves the store as it was before the call. The batch is held in memory, so
+        convert a very large dataset in batches of a few hundred MB (one call, one commit,
+        each).
+        """
+        return self._append(episodes, "add_episodes")
+
+    def _append(
+        self,
+        episodes: Iterable[tuple[Mapping[str, np.ndarray], Mapping[str, object] | None]],
+        caller: str,
+    ) -> list[int]:
+        """The one append path behind :meth:`add_episode` and :meth:`add_episodes`."""
         self._require_writable()
-        arrays = self._validate_data(data)
-        length = len(next(iter(arrays.values())))
-        values = self._validate_meta(dict(meta or {}), length)
+        batch = self._validate_batch(episodes, caller)
+        if not batch:
+            return []
+        index0, start0 = self.n_episodes, self.n_steps
+        n_new = len(batch)
+        ends = start0 + np.cumsum([length for _, _, length in batch], dtype=np.int64)
+        # A streamed episode grows arrays a chunk at a time (amortised over later appends);
+        # a batch grows them exactly, sharing one metadata write per array across the batch.
+        exact = n_new > 1
+        created_data = not self._data
+        created_meta: list[str] = []
+        try:
+            if created_data:
+                self._create_data_arrays(batch[0][0], int(ends[-1]), exact)
+            for key, arr in self._data.items():
+                arr.write(start0, [arrays[key] for arrays, _, _ in batch])
+                arr.reserve(int(ends[-1]), exact)
 
-        if not self._data:
-            self._create_data_arrays(arrays)
-        start = self.n_steps
-        for key, arr in arrays.items():
-            self._data[key].write(start, arr)
-        for key in arrays:
-            self._data[key].reserve(start + length)
+            for _, values, _ in batch:
+                for name, (kind, _) in values.items():
+                    if name not in self._meta:
+                        self._meta[name] = self._create_meta_array(
+                            name, kind, index0, index0 + n_new, exact
+                        )
+                        created_meta.append(name)
+            for name, arr in self._meta.items():
+                kind = _meta_array_kind(arr)
+                column = [
+                    values[name][1] if name in values else _META_FILL[kind]
+                    for _, values, _ in batch
+                ]
+                arr.write(index0, column if kind == "string" else np.asarray(column, arr.dtype))
+                arr.reserve(index0 + n_new, exact)
 
-        index = self.n_episodes
-        for name, (kind, _) in values.items():
-            if name not in self._meta:
-                self._meta[name] = self._create_meta_array(name, kind, index)
-        for name, arr in self._meta.items():
-            kind = values[name][0] if name in values else _meta_array_kind(arr)
-            value = values[name][1] if name in values else _META_FILL[kind]
-            arr.write(index, np.asarray([value]))
-            arr.reserve(index + 1)
-
-        end = start + length
-        self._ends_array.write(index, np.asarray([end], dtype=np.int64))
-        self._ends_array.set_length(index + 1)  # the commit point
-        self._ends = np.append(self._ends, np.int64(end))
+            self._ends_array.write(index0, ends)
+            _set_shape(self._ends_array, index0 + n_new)  # the commit point
+        except BaseException:
+            self._forget_new_arrays(created_data, created_meta)
+            raise
+        self._ends = np.concatenate([self._ends, ends])
         self._sync_counts()
-        return index
+        return list(range(index0, index0 + n_new))
 
-    def _validate_data(self, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if not data:
-            raise ValueError("add_episode: data is empty")
-        arrays: dict[str, np.ndarray] = {}
-        for key, value in data.items():
-            _valid_name(key, "data key")
-            arr = np.asarray(value)
-            if arr.ndim == 0:
-                raise ValueError(f"data {key!r}: needs a leading time axis, got a scalar")
-            if arr.dtype.name not in _FAST_DTYPES:
-                raise ValueError(f"data {key!r}: dtype {arr.dtype} is not a numeric or bool dtype")
-            arrays[key] = arr
-        lengths = {k: len(a) for k, a in arrays.items()}
-        if len(set(lengths.values())) > 1:
-            raise ValueError(f"add_episode: data arrays differ in length: {lengths}")
-        if next(iter(lengths.values())) == 0:
-            raise ValueError("add_episode: an episode needs at least one step")
-        if self._data:
-            missing = sorted(set(self._data) - set(arrays))
-            extra = sorted(set(arrays) - set(self._data))
-            if missing or extra:
-                raise ValueError(
-                    f"add_episode: keys differ from the store's: missing {missing}, "
-                    f"unexpected {extra}"
-                )
-            for key, arr in arrays.items():
-                want = self._data[key]
-                if arr.dtype.newbyteorder("<") != want.dtype:
-                    raise ValueError(
-                        f"data {key!r}: dtype {arr.dtype} does not match the store's {want.dtype}"
-                    )
-                if arr.shape[1:] != want.row_shape:
-                    raise ValueError(
-                        f"data {key!r}: per-step shape {arr.shape[1:]} does not match the "
-                        f"store's {want.row_shape}"
-                    )
-        return arrays
+    def _forget_new_arrays(self, data: bool, meta: list[str]) -> None:
+        """Undo the arrays an append created before it failed (uncommitted, so unseen)."""
+        doomed = [self._meta.pop(name) for name in meta]
+        if data:
+            doomed += self._data.values()
+            self._data = {}
+        for arr in doomed:
+            shutil.rmtree(arr.path, ignore_errors=True)
 
-    def _validate_meta(self, meta: dict[str, object], length: int) -> dict[str, tuple[str, Any]]:
-        if _EPISODE_ENDS in meta:
-            raise ValueError(f"meta {_EPISODE_ENDS!r} is reserved")
-        if _LENGTH in meta and meta[_LENGTH] != length:
-            raise ValueError(f"meta 'length' is {meta[_LENGTH]!r} but the episode has {length}")
-        meta[_LENGTH] = length
-        values: dict[str, tuple[str, Any]] = {}
-        for name, value in meta.items():
-            _valid_name(name, "meta key")
-            if name in self._meta:
-                kind = _meta_array_kind(self._meta[name])
-                values[name] = (kind, _meta_value(name, kind, value))
-            else:
-                values[name] = (_meta_kind(name, value), value)
-        return values
+    def _validate_batch(
+        self,
+        episodes: Iterable[tuple[Mapping[str, np.ndarray], Mapping[str, object] | None]],
+        caller: str,
+    ) -> list[tuple[dict[str, np.ndarray], dict[str, tuple[str, Any]], int]]:
+        """Validated ``(arrays, meta values, length)`` of every episode, or a ValueError.
 
-    def _create_data_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        Later episodes of a batch are checked against the keys and meta kinds the earlier ones
+        would have created, exactly as if they had been appended one by one.
+        """
+        schema = {k: (a.dtype, a.row_shape) for k, a in self._data.items()}
+        kinds = {name: _meta_array_kind(arr) for name, arr in self._meta.items()}
+        batch = []
+        for pos, item in enumerate(episodes):
+            where = caller if caller == "add_episode" else f"{caller}: episode {pos}"
+            if not (isinstance(item, tuple) and len(item) == 2):
+                raise TypeError(f"{where}: expected a (data, meta) pair, got {type(item).__name__}")
+            data, meta = item
+            try:
+                arrays = _validate_data(data, schema)
+                length = len(next(iter(arrays.values())))
+                values = _validate_meta(dict(meta or {}), length, kinds)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            if not schema:
+                schema = {k: (a.dtype.newbyteorder("<"), a.shape[1:]) for k, a in arrays.items()}
+            for name, (kind, _) in values.items():
+                kinds.setdefault(name, kind)
+            batch.append((arrays, values, length))
+        return batch
+
+    def _create_data_arrays(self, arrays: dict[str, np.ndarray], rows: int, exact: bool) -> None:
+        """Data arrays shaped like ``arrays``, already ``rows`` long (grown as by ``reserve``)."""
         for key, arr in arrays.items():
             dtype = arr.dtype.newbyteorder("<")
             row_bytes = max(1, dtype.itemsize * math.prod(arr.shape[1:]))
-            rows = int(min(_MAX_CHUNK_ROWS, max(1, _DATA_CHUNK_BYTES // row_bytes)))
+            chunk_rows = int(min(_MAX_CHUNK_ROWS, max(1, _DATA_CHUNK_BYTES // row_bytes)))
             fill = False if dtype.kind == "b" else 0
-            meta = _array_metadata(
-                [0, *arr.shape[1:]], dtype.name, rows, fill, _bytes_codecs(dtype)
-            )
+            shape = [_grown_length(rows, chunk_rows, exact), *arr.shape[1:]]
+            meta = _array_metadata(shape, dtype.name, chunk_rows, fill, _bytes_codecs(dtype))
             adir = self.path / "data" / key
             adir.mkdir(parents=True, exist_ok=True)
             _atomic_write(adir / "zarr.json", _to_json(meta, str(adir)).encode())
             self._data[key] = _RawArray(adir, meta)
 
-    def _create_meta_array(self, name: str, kind: str, n: int) -> _RawArray | _StrArray:
-        """A new meta array that already holds ``n`` fill values, so it is valid at once."""
+    def _create_meta_array(
+        self, name: str, kind: str, n: int, rows: int, exact: bool
+    ) -> _RawArray | _StrArray:
+        """A new meta array holding ``n`` fill values for the committed episodes.
+
+        It is already ``rows`` long (grown as by ``reserve``) and records ``n`` as its first
+        episode: until episode ``n`` is committed, readers ignore it and the next writer
+        deletes it, so a crashed batch leaves no new meta key behind.
+        """
         adir = self.path / "meta" / name
         adir.mkdir(parents=True, exist_ok=True)
         if kind == "string":
             codecs = [{"name": "vlen-utf8", "configuration": {}}]
         else:
             codecs = _bytes_codecs(np.dtype(kind))
-        meta = _array_metadata([n], kind, _META_CHUNK_ROWS, _META_FILL[kind], codecs)
+        shape = [_grown_length(rows, _META_CHUNK_ROWS, exact)]
+        meta = _array_metadata(shape, kind, _META_CHUNK_ROWS, _META_FILL[kind], codecs)
+        meta["attributes"] = {_FIRST_EPISODE: n}
         _atomic_write(adir / "zarr.json", _to_json(meta, str(adir)).encode())
         return _StrArray(adir, meta) if kind == "string" else _RawArray(adir, meta)
+
+
+def _validate_data(
+    data: Mapping[str, np.ndarray], schema: dict[str, tuple[np.dtype, tuple[int, ...]]]
+) -> dict[str, np.ndarray]:
+    """``data`` as arrays, checked against ``schema`` (key -> dtype, per-step shape) if any."""
+    if not data:
+        raise ValueError("data is empty")
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in data.items():
+        _valid_name(key, "data key")
+        arr = np.asarray(value)
+        if arr.ndim == 0:
+            raise ValueError(f"data {key!r}: needs a leading time axis, got a scalar")
+        if arr.dtype.name not in _FAST_DTYPES:
+            raise ValueError(f"data {key!r}: dtype {arr.dtype} is not a numeric or bool dtype")
+        arrays[key] = arr
+    lengths = {k: len(a) for k, a in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"data arrays differ in length: {lengths}")
+    if next(iter(lengths.values())) == 0:
+        raise ValueError("an episode needs at least one step")
+    if schema:
+        missing = sorted(set(schema) - set(arrays))
+        extra = sorted(set(arrays) - set(schema))
+        if missing or extra:
+            raise ValueError(f"keys differ from the store's: missing {missing}, unexpected {extra}")
+        for key, arr in arrays.items():
+            dtype, row_shape = schema[key]
+            if arr.dtype.newbyteorder("<") != dtype:
+                raise ValueError(
+                    f"data {key!r}: dtype {arr.dtype} does not match the store's {dtype}"
+                )
+            if arr.shape[1:] != row_shape:
+                raise ValueError(
+                    f"data {key!r}: per-step shape {arr.shape[1:]} does not match the "
+                    f"store's {row_shape}"
+                )
+    return arrays
+
+
+def _validate_meta(
+    meta: dict[str, object], length: int, kinds: dict[str, str]
+) -> dict[str, tuple[str, Any]]:
+    """name -> (kind, value) of an episode's meta, ``length`` added, checked against ``kinds``."""
+    if _EPISODE_ENDS in meta:
+        raise ValueError(f"meta {_EPISODE_ENDS!r} is reserved")
+    if _LENGTH in meta and meta[_LENGTH] != length:
+        raise ValueError(f"meta 'length' is {meta[_LENGTH]!r} but the episode has {length}")
+    meta[_LENGTH] = length
+    values: dict[str, tuple[str, Any]] = {}
+    for name, value in meta.items():
+        _valid_name(name, "meta key")
+        if name in kinds:
+            values[name] = (kinds[name], _meta_value(name, kinds[name], value))
+        else:
+            values[name] = (_meta_kind(name, value), value)
+    return values
 
 
 def _trim(data: dict[str, Any], meta: dict[str, Any], counts: list[int]) -> None:
@@ -886,7 +1142,7 @@ def _trim(data: dict[str, Any], meta: dict[str, Any], counts: list[int]) -> None
 
 def _trim_quietly(data: dict[str, Any], meta: dict[str, Any], counts: list[int]) -> None:
     # Runs from a finalizer, possibly after the store directory was deleted.
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, StoreError):
         _trim(data, meta, counts)
 
 
