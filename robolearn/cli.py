@@ -9,7 +9,8 @@ Verbs:
   info     describe an EpisodeStore: `robolearn info <store>`
 
 Every run writes one folder (default runs/<verb>/<time>-<env>) holding its resolved config, and
-`resume=<that folder>` continues it. A wrong key or value fails at once with one clear line.
+`resume=<that folder>` continues it. A wrong key or value fails at once with one clear line
+(ROBOLEARN_DEBUG=1 shows the traceback of other errors).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import datetime as dt
 import difflib
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,11 +27,17 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from robolearn.data.store import EpisodeStore, StoreError
-from robolearn.policy import Policy, load_policy
+from robolearn.envs import ensure_registered
+from robolearn.policy import FLAT_OBS_KEY, Policy, as_dict, load_policy
+from robolearn.rollout import control_hz
+from robolearn.utils import resolve_device
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: Evaluation episodes use seeds from ``seed + EVAL_SEED_OFFSET``: disjoint from recordings.
+EVAL_SEED_OFFSET = 1_000_000
 GROUPS = ("env", "policy", "algo")
 
 
@@ -44,7 +52,6 @@ def compose_config(overrides: list[str]) -> DictConfig:
     """The root config with ``overrides`` applied; unknown keys or options raise ConfigError."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     if not CONFIG_DIR.is_dir():
         raise ConfigError(
@@ -109,7 +116,7 @@ def validate(cfg: DictConfig, verb: str) -> None:
         if not ok:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: {what}")
 
-    def positive_int(key: str, minimum: int = 1) -> None:
+    def integer(key: str, minimum: int = 1) -> None:
         value = OmegaConf.select(cfg, key)
         need(
             key,
@@ -117,16 +124,15 @@ def validate(cfg: DictConfig, verb: str) -> None:
             f"must be an integer >= {minimum}",
         )
 
-    positive_int("episodes")
-    positive_int("num_envs")
-    positive_int("video_episodes", 0)
-    positive_int("seed", 0)
-    positive_int("threads")
-    need(
-        "device",
-        cfg.device == "auto" or str(cfg.device).split(":")[0] in ("cpu", "cuda", "mps"),
-        "must be auto, cpu, cuda or cuda:N",
-    )
+    integer("episodes")
+    integer("num_envs")
+    integer("video_episodes", 0)
+    integer("seed", 0)
+    integer("threads")
+    try:
+        resolve_device(str(cfg.device))
+    except (ValueError, RuntimeError) as err:
+        raise ConfigError(f"device={cfg.device!r}: {err}") from None
     need("progress", isinstance(cfg.progress, bool), "must be true or false")
     if cfg.resume is not None:
         need(
@@ -134,6 +140,11 @@ def validate(cfg: DictConfig, verb: str) -> None:
             (Path(cfg.resume) / "config.yaml").is_file(),
             "is not a run folder (it has no config.yaml)",
         )
+    if verb in ("record", "eval") or (verb == "train" and cfg.data is None):
+        try:
+            ensure_registered(cfg.env.id)
+        except ValueError as err:
+            raise ConfigError(f"env.id={cfg.env.id!r}: {err}") from None
     if verb in ("record", "eval"):
         if cfg.policy.name == "checkpoint":
             need(
@@ -142,17 +153,24 @@ def validate(cfg: DictConfig, verb: str) -> None:
                 "is not a policy checkpoint directory (no policy.json)",
             )
         if cfg.policy.name == "expert":
-            need("policy.noise", float(cfg.policy.noise) >= 0, "must be >= 0")
+            noise = cfg.policy.noise
+            need("policy.noise", isinstance(noise, (int, float)) and noise >= 0, "must be >= 0")
     if verb == "train":
         need("algo.name", cfg.algo.name in TRAINERS, f"must be one of {sorted(TRAINERS)}")
         bc_config(cfg)
+        obs_keys = cfg.algo.obs_keys
+        need(
+            "algo.obs_keys",
+            obs_keys is None or (OmegaConf.is_list(obs_keys) and len(obs_keys) > 0),
+            "must be null or a list of observation keys, e.g. [ee_pos,object_pos]",
+        )
         if cfg.data is not None:
             need("data", Path(cfg.data).exists(), "does not exist")
         else:
-            positive_int("algo.demos")
+            integer("algo.demos")
     if verb == "replay":
         need("log", cfg.log is not None, "is required: replay log=<store> episode=N")
-        positive_int("episode", 0)
+        integer("episode", 0)
     if verb == "info":
         need("store", cfg.store is not None, "is required: robolearn info <store>")
 
@@ -171,6 +189,10 @@ def make_run_dir(cfg: DictConfig, verb: str) -> Path:
     else:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / verb / f"{stamp}-{cfg.env.name}"
+        suffix = 1
+        while run_dir.exists():  # runs started in the same second get their own folders
+            suffix += 1
+            run_dir = run_dir.with_name(f"{stamp}-{cfg.env.name}-{suffix}")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.run_dir = str(run_dir)
     OmegaConf.save(cfg, run_dir / "config.yaml")
@@ -186,8 +208,18 @@ def resumed_config(overrides: list[str]) -> DictConfig | None:
     if not path.is_file():
         raise ConfigError(f"resume={resume}: is not a run folder (it has no config.yaml)")
     cfg = OmegaConf.load(path)
-    extra = [o for o in overrides if not o.startswith("resume=") and o.split("=")[0] not in GROUPS]
-    cfg.merge_with_dotlist(extra)
+    OmegaConf.set_struct(cfg, True)  # a misspelt key fails instead of being added
+    extra = [o for o in overrides if not o.startswith("resume=")]
+    for item in extra:
+        key = item.split("=")[0]
+        if key in GROUPS:
+            raise ConfigError(
+                f"{item}: a resumed run keeps its {key}; override single keys ({key}.<name>=...)"
+            )
+    try:
+        cfg.merge_with_dotlist(extra)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain_hydra_error(str(err), extra)) from None
     cfg.resume = resume
     return cfg
 
@@ -211,7 +243,7 @@ def make_policy(cfg: DictConfig) -> Policy:
     if cfg.policy.name == "expert":
         factory = _import_string(cfg.env.expert)
         return factory(cfg.env.id, noise=float(cfg.policy.noise), seed=int(cfg.seed))
-    return load_policy(cfg.policy.path)
+    return load_policy(cfg.policy.path, device=resolve_device(cfg.device))
 
 
 def _import_string(target: str) -> Callable[..., Any]:
@@ -230,60 +262,68 @@ def _say(message: str) -> None:
 # ---------------------------------------------------------------------------------- verbs ---
 
 
+def _make_env(cfg: DictConfig, env_id: str, env_kwargs: dict[str, Any], **overrides: Any) -> Any:
+    """A single env, or an in-process vector env when ``num_envs > 1``."""
+    from robolearn.envs import make_env, make_vector_env
+
+    if cfg.num_envs > 1:
+        return make_vector_env(env_id, cfg.num_envs, env_kwargs, **overrides)
+    return make_env(env_id, env_kwargs, **overrides)
+
+
 def record_episodes(
     cfg: DictConfig, policy: Policy, path: Path, episodes: int, source: str
 ) -> EpisodeStore:
-    """Record ``episodes`` episodes into the store at ``path``, continuing an existing one."""
-    from robolearn.envs import make_env, make_vector_env
+    """Record up to ``episodes`` episodes into the store at ``path``, continuing an existing one."""
     from robolearn.rollout import rollout
 
     env_kwargs = _env_kwargs(cfg)
-    if cfg.num_envs > 1:
-        env = make_vector_env(cfg.env.id, cfg.num_envs, env_kwargs)
-        single = env.get_attr("unwrapped")[0]
-        obs_space, act_space = env.single_observation_space, env.single_action_space
-    else:
-        env = make_env(cfg.env.id, env_kwargs)
-        single = env.unwrapped
-        obs_space, act_space = env.observation_space, env.action_space
-    if path.exists():
-        store = EpisodeStore.open(path, mode="a")
-        if store.attrs.get("env_id") != cfg.env.id:
-            raise ConfigError(
-                f"out={path} holds {store.attrs.get('env_id')} episodes, not {cfg.env.id}"
+    env = _make_env(cfg, cfg.env.id, env_kwargs)
+    try:
+        vector = cfg.num_envs > 1
+        single = env.get_attr("unwrapped")[0] if vector else env.unwrapped
+        obs_space = env.single_observation_space if vector else env.observation_space
+        act_space = env.single_action_space if vector else env.action_space
+        if path.exists():
+            store = EpisodeStore.open(path, mode="a")
+            if store.attrs.get("env_id") != cfg.env.id:
+                raise ConfigError(
+                    f"out={path} holds {store.attrs.get('env_id')} episodes, not {cfg.env.id}"
+                )
+        else:
+            spec = getattr(single, "robot_spec", None)
+            store = EpisodeStore.create(
+                path,
+                attrs={
+                    "env_id": cfg.env.id,
+                    "env_kwargs": env_kwargs,
+                    "robot_spec": spec.to_dict() if spec is not None else None,
+                    "control_hz": control_hz(env),
+                    "observation_keys": list(getattr(obs_space, "spaces", [FLAT_OBS_KEY])),
+                    "observation_space": _describe_space(obs_space),
+                    "action_space": _describe_space(act_space),
+                },
             )
-    else:
-        spec = getattr(single, "robot_spec", None)
-        store = EpisodeStore.create(
-            path,
-            attrs={
-                "env_id": cfg.env.id,
-                "env_kwargs": env_kwargs,
-                "robot_spec": spec.to_dict() if spec is not None else None,
-                "control_hz": spec.control_hz
-                if spec is not None
-                else env.metadata.get("render_fps"),
-                "observation_keys": list(obs_space.spaces)
-                if hasattr(obs_space, "spaces")
-                else ["obs"],
-                "observation_space": _describe_space(obs_space),
-                "action_space": _describe_space(act_space),
-            },
-        )
-    remaining = episodes - store.n_episodes
-    if remaining > 0:
-        result = rollout(
-            policy,
-            env,
-            remaining,
-            seed=int(cfg.seed) + store.n_episodes,
-            store=store,
-            source=source,
-            progress=cfg.progress,
-            desc=f"record {cfg.env.name}",
-        )
-        _say(f"recorded {remaining} episodes (success {result.success_rate:.0%}) into {path}")
-    env.close()
+        remaining = episodes - store.n_episodes
+        if remaining > 0:
+            first = int(cfg.seed) + store.n_episodes
+            _say(
+                f"recording {remaining} episodes (seeds {first}..{first + remaining - 1}) "
+                f"of {cfg.env.id} into {path}"
+            )
+            result = rollout(
+                policy,
+                env,
+                remaining,
+                seed=first,
+                store=store,
+                source=source,
+                progress=cfg.progress,
+                desc=f"record {cfg.env.name}",
+            )
+            _say(f"recorded {remaining} episodes, success {result.success_rate:.0%}")
+    finally:
+        env.close()
     return store
 
 
@@ -296,28 +336,38 @@ def evaluate(
     title: str,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Roll the policy out, write video, plot and report into ``run_dir``; return the summary."""
-    from robolearn.envs import make_env, make_vector_env
-    from robolearn.report import plot_rollout, write_report, write_video
-    from robolearn.rollout import control_hz, rollout
+    """Roll the policy out, write video, plot and report into ``run_dir``; return the summary.
 
-    if cfg.num_envs > 1:
-        env = make_vector_env(env_id, cfg.num_envs, env_kwargs, render_mode="rgb_array")
-    else:
-        env = make_env(env_id, env_kwargs, render_mode="rgb_array")
-    result = rollout(
-        policy,
-        env,
-        cfg.episodes,
-        seed=int(cfg.seed) + 1_000_000,
-        render_episodes=cfg.video_episodes,
-        progress=cfg.progress,
-        desc=f"eval {env_id}",
-    )
-    video = write_video(run_dir / "eval.mp4", result.videos, fps=control_hz(env))
-    env.close()
+    Evaluation seeds start at ``seed + EVAL_SEED_OFFSET``, disjoint from recording seeds, so a
+    policy is never evaluated on the initial states of its own demonstrations.
+    """
+    from robolearn.report import plot_rollout, write_report, write_video
+    from robolearn.rollout import rollout
+
+    first = int(cfg.seed) + EVAL_SEED_OFFSET
+    _say(f"evaluating on {cfg.episodes} episodes of {env_id} (seeds {first}..)")
+    env = _make_env(cfg, env_id, env_kwargs, render_mode="rgb_array")
+    try:
+        result = rollout(
+            policy,
+            env,
+            cfg.episodes,
+            seed=first,
+            render_episodes=cfg.video_episodes,
+            progress=cfg.progress,
+            desc=f"eval {env_id}",
+        )
+        video = write_video(run_dir / "eval.mp4", result.videos, fps=control_hz(env))
+    finally:
+        env.close()
     plot = plot_rollout(run_dir / "eval.png", result, title)
-    summary = {"env_id": env_id, "env_kwargs": env_kwargs, **(extra or {}), **result.summary()}
+    summary = {
+        "env_id": env_id,
+        "env_kwargs": env_kwargs,
+        "first_seed": first,
+        **(extra or {}),
+        **result.summary(),
+    }
     highlights = {
         "env": env_id,
         "episodes": len(result.episodes),
@@ -325,7 +375,7 @@ def evaluate(
         "mean return": result.mean_return,
         "mean length": result.mean_length,
     }
-    json_path, md_path = write_report(run_dir, title, summary, highlights)
+    _, md_path = write_report(run_dir, title, summary, highlights)
     _say(
         f"success rate {result.success_rate:.1%} over {len(result.episodes)} episodes "
         f"(mean return {result.mean_return:.2f})"
@@ -337,10 +387,13 @@ def evaluate(
 
 
 def cmd_record(cfg: DictConfig) -> int:
+    if cfg.out is not None and Path(cfg.out).exists() and cfg.resume is None:
+        raise ConfigError(
+            f"out={cfg.out} exists; choose a new out= (resume=<record run folder> continues "
+            "an interrupted recording)"
+        )
     run_dir = make_run_dir(cfg, "record")
     out = Path(cfg.out) if cfg.out is not None else run_dir / "episodes.zarr"
-    if out.exists() and cfg.resume is None:
-        raise ConfigError(f"out={out} exists; choose another out= or resume=<run folder>")
     policy = make_policy(cfg)
     store = record_episodes(cfg, policy, out, cfg.episodes, source=f"sim:{policy.policy_type}")
     success = store.meta("success")
@@ -351,11 +404,14 @@ def cmd_record(cfg: DictConfig) -> int:
 def cmd_train(cfg: DictConfig) -> int:
     from robolearn.algos.bc import default_obs_keys, train_bc
     from robolearn.report import plot_curves
-    from robolearn.training import MetricLog
-    from robolearn.utils import resolve_device
+    from robolearn.training import read_metric
 
+    given = EpisodeStore.open(cfg.data) if cfg.data is not None else None
+    if given is not None and given.attrs.get("env_id"):
+        cfg.env.name = given.attrs["env_id"].split("/")[-1]  # name the run after the data's env
     run_dir = make_run_dir(cfg, "train")
-    if cfg.data is None:
+    _say(f"run folder: {run_dir}")
+    if given is None:
         expert_cfg = cfg.copy()
         expert_cfg.policy = OmegaConf.create({"name": "expert", "noise": cfg.algo.demo_noise})
         store = record_episodes(
@@ -366,17 +422,21 @@ def cmd_train(cfg: DictConfig) -> int:
             source="sim:expert",
         )
     else:
-        store = EpisodeStore.open(cfg.data)
+        store = given
     env_id = store.attrs.get("env_id", cfg.env.id)
     env_kwargs = store.attrs.get("env_kwargs", _env_kwargs(cfg))
     data = store.load()
-    obs_keys = list(
-        cfg.algo.obs_keys or default_obs_keys(data, store.attrs.get("observation_keys", []))
-    )
+    available = default_obs_keys(data, store.attrs.get("observation_keys", []))
+    obs_keys = list(cfg.algo.obs_keys) if cfg.algo.obs_keys is not None else available
+    unknown = [k for k in obs_keys if k not in data]
+    if unknown or not obs_keys:
+        raise ConfigError(
+            f"algo.obs_keys={obs_keys}: {store.path} has observation keys {available}"
+        )
     bc_cfg = bc_config(cfg)
     _say(
-        f"training bc on {store.n_episodes} episodes ({store.n_steps} steps) from {store.path}, "
-        f"observation keys {obs_keys}"
+        f"training bc on {store.n_episodes} episodes ({store.n_steps} steps), observation "
+        f"keys {obs_keys}"
     )
     policy = train_bc(
         data,
@@ -389,15 +449,21 @@ def cmd_train(cfg: DictConfig) -> int:
         progress=cfg.progress,
     )
     policy_dir = policy.save(run_dir / "policy")
-    log = MetricLog(run_dir)
-    plot_curves(
+    curves = {
+        "train": read_metric(run_dir, "train/loss"),
+        "validation": read_metric(run_dir, "val/loss"),
+    }
+    loss_plot = plot_curves(
         run_dir / "loss.png",
-        {"train": log.history("train/loss"), "validation": log.history("val/loss")},
+        curves,
         "behaviour cloning loss",
         "MSE (normalised actions)",
         log_y=True,
     )
-    log.close()
+    final = ", ".join(
+        f"{name} {values[-1]:.4g}" for name, (_, values) in curves.items() if len(values)
+    )
+    _say(f"final loss: {final}; curve: {loss_plot}")
     _say(f"policy: {policy_dir}")
     evaluate(
         cfg,
@@ -434,7 +500,6 @@ def cmd_eval(cfg: DictConfig) -> int:
 def cmd_replay(cfg: DictConfig) -> int:
     from robolearn.envs import make_env
     from robolearn.report import write_report, write_video
-    from robolearn.rollout import FLAT_OBS_KEY
 
     store = EpisodeStore.open(cfg.log)
     if cfg.episode >= store.n_episodes:
@@ -442,32 +507,40 @@ def cmd_replay(cfg: DictConfig) -> int:
     env_id = store.attrs.get("env_id")
     if env_id is None:
         raise StoreError(f"{store.path}: has no env_id attribute, so it cannot be replayed in sim")
+    meta = store.episode_meta(cfg.episode)
+    if "seed" not in meta:
+        raise StoreError(f"{store.path}: episode {cfg.episode} has no recorded seed")
     cfg.env.name = env_id.split("/")[-1]
     run_dir = make_run_dir(cfg, "replay")
     episode = store.get_episode(cfg.episode)
-    meta = store.episode_meta(cfg.episode)
     env = make_env(env_id, store.attrs.get("env_kwargs", {}), render_mode="rgb_array")
-    obs, _ = env.reset(seed=int(meta["seed"]))
-    keys = [k for k in store.attrs.get("observation_keys", []) if k in episode]
-    errors: dict[str, list[float]] = {k: [] for k in keys}
-    frames = [env.render()] if cfg.video_episodes > 0 else []
-    actions = episode["action"]
-    for t in range(len(actions)):
-        current = obs if isinstance(obs, dict) else {FLAT_OBS_KEY: obs}
-        for k in keys:
-            diff = np.abs(np.asarray(current[k], dtype=np.float64) - episode[k][t])
-            errors[k].append(float(diff.max()) if diff.size else 0.0)
-        obs, _, terminated, truncated, _ = env.step(actions[t])
-        if frames:
-            frames.append(env.render())
-        if (terminated or truncated) and t + 1 < len(actions):
-            _say(f"warning: the replayed episode ended at step {t + 1} of {len(actions)}")
-            break
-    fps = store.attrs.get("control_hz") or 20
-    env.close()
+    try:
+        obs, _ = env.reset(seed=int(meta["seed"]))
+        keys = [k for k in as_dict(obs) if k in episode]
+        if not keys:
+            raise StoreError(
+                f"{store.path}: holds none of the env's observation keys {list(as_dict(obs))}"
+            )
+        errors: dict[str, list[float]] = {k: [] for k in keys}
+        frames = [env.render()] if cfg.video_episodes > 0 else []
+        actions = episode["action"]
+        for t in range(len(actions)):
+            current = as_dict(obs)
+            for k in keys:
+                diff = np.abs(np.asarray(current[k], dtype=np.float64) - episode[k][t])
+                errors[k].append(float(diff.max()) if diff.size else 0.0)
+            obs, _, terminated, truncated, _ = env.step(actions[t])
+            if frames:
+                frames.append(env.render())
+            if (terminated or truncated) and t + 1 < len(actions):
+                _say(f"warning: the replayed episode ended at step {t + 1} of {len(actions)}")
+                break
+        fps = store.attrs.get("control_hz") or control_hz(env)
+    finally:
+        env.close()
     video = write_video(run_dir / "replay.mp4", [np.stack(frames)] if frames else [], fps=fps)
-    divergence = {k: {"max": max(v), "mean": float(np.mean(v))} for k, v in errors.items() if v}
-    worst = max((d["max"] for d in divergence.values()), default=0.0)
+    divergence = {k: {"max": max(v), "mean": float(np.mean(v))} for k, v in errors.items()}
+    worst = max(d["max"] for d in divergence.values())
     summary = {
         "log": str(store.path),
         "episode": cfg.episode,
@@ -476,7 +549,7 @@ def cmd_replay(cfg: DictConfig) -> int:
         "max_divergence": worst,
         "divergence": divergence,
     }
-    write_report(
+    _, md_path = write_report(
         run_dir,
         f"replay of episode {cfg.episode} of {store.path}",
         summary,
@@ -488,11 +561,11 @@ def cmd_replay(cfg: DictConfig) -> int:
     )
     _say(
         f"replayed episode {cfg.episode} ({len(actions)} steps): max divergence from the log "
-        f"{worst:.3g} " + ", ".join(f"{k}={d['max']:.2g}" for k, d in divergence.items())
+        f"{worst:.3g} (" + ", ".join(f"{k} {d['max']:.2g}" for k, d in divergence.items()) + ")"
     )
     if video is not None:
         _say(f"video: {video}")
-    _say(f"report: {run_dir / 'report.md'}")
+    _say(f"report: {md_path}")
     return 0
 
 
@@ -512,7 +585,7 @@ def describe_store(store: EpisodeStore) -> dict[str, Any]:
         "env_id": store.attrs.get("env_id"),
         "robot": (store.attrs.get("robot_spec") or {}).get("name"),
         "control_hz": store.attrs.get("control_hz"),
-        "keys": store.key_info() if hasattr(store, "key_info") else store.keys,
+        "keys": _key_shapes(store),
     }
     if "success" in store.meta_keys and store.n_episodes:
         info["success_rate"] = float(np.mean(store.meta("success")))
@@ -520,6 +593,14 @@ def describe_store(store: EpisodeStore) -> dict[str, Any]:
         sources, counts = np.unique(store.meta("source").astype(str), return_counts=True)
         info["sources"] = dict(zip(sources.tolist(), counts.tolist()))
     return info
+
+
+def _key_shapes(store: EpisodeStore) -> dict[str, str]:
+    """``key -> "dtype (steps, ...)"`` for every data key, read from the first episode."""
+    if not store.n_episodes:
+        return {key: "" for key in store.keys}
+    first = store.get_episode(0)
+    return {k: f"{v.dtype} {(store.n_steps, *v.shape[1:])}" for k, v in first.items()}
 
 
 def _describe_space(space: Any) -> dict[str, Any]:
@@ -561,10 +642,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"robolearn {verb}: config error: {err}", file=sys.stderr)
         return 2
-    except (StoreError, FileNotFoundError) as err:
-        print(f"robolearn {verb}: error: {err}", file=sys.stderr)
+    except (StoreError, OSError, ValueError, KeyError, TypeError, ImportError) as err:
+        # Anything a user can cause (bad data, a checkpoint for another env, a missing package)
+        # ends in one line; ROBOLEARN_DEBUG=1 shows the traceback.
+        if os.environ.get("ROBOLEARN_DEBUG"):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"robolearn {verb}: error: {type(err).__name__}: {message}", file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

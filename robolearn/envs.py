@@ -20,14 +20,16 @@ def ensure_registered(env_id: str) -> None:
     """Make sure ``env_id`` is registered, importing the env packages if needed."""
     if env_id in gym.registry:
         return
+    failures = []
     for package in ENV_PACKAGES:
         try:
             importlib.import_module(package)
-        except ImportError:
-            continue
+        except ImportError as err:  # say why, or a missing simulator looks like a typo
+            failures.append(f"importing {package} failed: {err}")
     if env_id not in gym.registry:
         known = sorted(k for k in gym.registry if k.startswith("robolearn/"))
-        raise ValueError(f"unknown environment id {env_id!r}; registered robolearn envs: {known}")
+        why = f" ({'; '.join(failures)})" if failures else ""
+        raise ValueError(f"unknown environment id {env_id!r}; registered: {known}{why}")
 
 
 def make_env(env_id: str, kwargs: dict[str, Any] | None = None, **overrides: Any) -> gym.Env:

@@ -25,6 +25,9 @@ import numpy as np
 
 Observation = dict[str, np.ndarray] | np.ndarray
 
+#: Observation key under which a flat ``Box`` observation is stored and seen by policies.
+FLAT_OBS_KEY = "obs"
+
 CHECKPOINT_FORMAT_VERSION = 1
 POLICY_FILE = "policy.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -56,8 +59,11 @@ class Policy(abc.ABC):
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Policy:
-        """Rebuild the policy from a checkpoint directory written by ``save``."""
+    def load(cls, path: str | Path, device: str = "cpu") -> Policy:
+        """Rebuild the policy from a checkpoint directory written by ``save``.
+
+        ``device`` places learned weights; scripted policies ignore it.
+        """
         return cls(**read_policy_file(path)["config"])
 
 
@@ -93,7 +99,12 @@ def read_policy_file(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_policy(path: str | Path) -> Policy:
+def as_dict(obs: Observation) -> dict[str, np.ndarray]:
+    """Observations as a dict: a flat array becomes ``{FLAT_OBS_KEY: array}``."""
+    return obs if isinstance(obs, dict) else {FLAT_OBS_KEY: obs}
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> Policy:
     """Load any policy from its checkpoint directory, without the config of the run that made it."""
     meta = read_policy_file(path)
     module_name, _, qualname = meta["class"].partition(":")
@@ -105,7 +116,7 @@ def load_policy(path: str | Path) -> Policy:
         ) from err
     for attr in qualname.split("."):
         obj = getattr(obj, attr)
-    return obj.load(path)
+    return obj.load(path, device=device)
 
 
 def _json_default(value: Any) -> Any:

@@ -4,8 +4,8 @@
 of the batch is reset together with its own seed, the policy is reset for the batch, and the wave
 runs until each env has finished its episode (finished envs keep stepping on a throw-away reset
 and their steps are ignored). Waves keep the Policy contract simple — ``reset(batch_size)`` once
-per wave is correct for recurrent policies — and make every recorded episode reproducible from
-its seed alone.
+per wave is correct for recurrent policies — and start every episode from a known seed, recorded
+with it, so ``robolearn replay`` can rebuild its initial state.
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ import gymnasium as gym
 import numpy as np
 
 from robolearn.data.store import EpisodeStore
-from robolearn.policy import Policy
+from robolearn.policy import Policy, as_dict
 from robolearn.utils import progress_bar
-
-#: Data key used for environments whose observation space is a single flat Box.
-FLAT_OBS_KEY = "obs"
 
 
 @dataclasses.dataclass
@@ -135,7 +132,8 @@ def rollout(
         episodes: Number of episodes to run.
         seed: Seed of the first episode; episode ``i`` is reset with ``seed + i``.
         store: If given, every finished episode is appended to it (observations, actions,
-            rewards, terminations, timestamps; seed, success, return and source as metadata).
+            rewards, terminations, timestamps; seed, success, return and source as metadata),
+            in seed order at the end of each wave.
         source: Recorded as each episode's ``source`` metadata (``"sim"``, ``"hw"``, ...).
         render_episodes: Render frames of the first this-many episodes (env needs
             ``render_mode="rgb_array"``); returned in ``RolloutResult.videos``.
@@ -145,6 +143,8 @@ def rollout(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     batch = _Batch(env)
+    single_space = env.single_action_space if batch.vector else env.action_space
+    action_shape = (batch.size, *single_space.shape)
     dt = 1.0 / control_hz(env)
     results: list[EpisodeResult] = []
     videos: list[np.ndarray] = []
@@ -166,8 +166,14 @@ def rollout(
         lengths = np.zeros(batch.size, dtype=np.int64)
         succeeded = success & active
         running = active.copy()
+        finished: dict[int, EpisodeResult] = {}
         while running.any():
             action = np.asarray(policy.act(obs), dtype=np.float32)
+            if action.shape != action_shape:
+                raise ValueError(
+                    f"{policy.policy_type} policy returned actions of shape {action.shape}; "
+                    f"the env expects {action_shape}"
+                )
             next_obs, reward, terminated, truncated, success = batch.step(action)
             if buffers is not None:
                 for i in np.flatnonzero(running):
@@ -179,24 +185,27 @@ def rollout(
                 _collect_frames(batch.render(), render_mask & running, frames)
             done = running & (terminated | truncated)
             for i in np.flatnonzero(done):
-                result = EpisodeResult(
+                finished[i] = EpisodeResult(
                     seeds[i], float(returns[i]), int(lengths[i]), bool(succeeded[i])
                 )
-                results.append(result)
-                if buffers is not None:
-                    meta = {
-                        "seed": result.seed,
-                        "success": result.success,
-                        "source": source,
-                        "episode_return": result.episode_return,
-                    }
-                    store.add_episode(buffers[i].to_arrays(), meta)
-                if render_mask[i]:
-                    videos.append(np.stack(frames[i]))
                 bar.update(1)
             running &= ~done
             batch.reset_done((terminated | truncated) & ~running, seed=seeds[0])
             obs = next_obs
+        # Keep results and stored episodes in seed order, so a store always holds a contiguous
+        # run of seeds and an interrupted recording resumes at seed + n_episodes.
+        for i in sorted(finished):
+            results.append(finished[i])
+            if buffers is not None:
+                meta = {
+                    "seed": finished[i].seed,
+                    "success": finished[i].success,
+                    "source": source,
+                    "episode_return": finished[i].episode_return,
+                }
+                store.add_episode(buffers[i].to_arrays(), meta)
+            if render_mask[i]:
+                videos.append(np.stack(frames[i]))
         next_episode += n_active
     bar.close()
     return RolloutResult(episodes=results, videos=videos)
@@ -221,8 +230,7 @@ class _EpisodeBuffer:
         terminated: bool,
         timestamp: float,
     ) -> None:
-        items = obs.items() if isinstance(obs, dict) else [(FLAT_OBS_KEY, obs)]
-        for key, value in items:
+        for key, value in as_dict(obs).items():
             self.obs.setdefault(key, []).append(np.array(value[index]))
         self.action.append(action)
         self.reward.append(reward)

@@ -6,8 +6,8 @@ A run folder looks like::
       config.yaml            the resolved config of the run
       tb/                    TensorBoard event files
       metrics.csv            every logged scalar, one row per log call
-      checkpoints/latest/    a loadable policy checkpoint (load_policy works on it)
-      checkpoints/train_state.pt   optimiser, step and RNG states, for resuming
+      checkpoints/latest/    a loadable policy checkpoint (load_policy works on it) plus
+                             train_state.pt: optimiser, step and RNG states, for resuming
 """
 
 from __future__ import annotations
@@ -42,19 +42,6 @@ class MetricLog:
                 writer.writerow(["step", "name", "value"])
             writer.writerows([step, name, float(value)] for name, value in scalars.items())
 
-    def history(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """All logged (step, value) pairs of one scalar, read back from ``metrics.csv``."""
-        if not self.csv_path.exists():
-            return np.zeros(0), np.zeros(0)
-        with self.csv_path.open() as f:
-            rows = [
-                (int(r["step"]), float(r["value"])) for r in csv.DictReader(f) if r["name"] == name
-            ]
-        if not rows:
-            return np.zeros(0), np.zeros(0)
-        steps, values = zip(*rows)
-        return np.asarray(steps), np.asarray(values)
-
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after ``step`` (a resumed run repeats them from its checkpoint)."""
         if not self.csv_path.exists():
@@ -70,37 +57,57 @@ class MetricLog:
         self.writer.close()
 
 
+def read_metric(run_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """All logged (step, value) pairs of one scalar, read back from ``metrics.csv``."""
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return np.zeros(0), np.zeros(0)
+    with path.open() as f:
+        rows = [(int(r["step"]), float(r["value"])) for r in csv.DictReader(f) if r["name"] == name]
+    if not rows:
+        return np.zeros(0), np.zeros(0)
+    steps, values = zip(*rows)
+    return np.asarray(steps), np.asarray(values)
+
+
 class Checkpointer:
-    """Saves policy and training state atomically: a crash mid-save keeps the last good one."""
+    """Saves the policy and its training state as one directory, swapped in atomically.
+
+    ``checkpoints/latest/`` holds a loadable policy checkpoint plus ``train_state.pt``
+    (optimiser, scheduler, step, RNG states). A new checkpoint is written to a temporary
+    directory and swapped in by renames, so a crash at any moment leaves either the previous or
+    the new checkpoint whole: if the crash falls between the two renames, ``.latest.old`` is
+    the previous one and ``load_state`` falls back to it.
+    """
+
+    STATE_FILE = "train_state.pt"
 
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir / "checkpoints"
         self.policy_dir = self.dir / "latest"
-        self.state_path = self.dir / "train_state.pt"
+        self._tmp = self.dir / ".latest.tmp"
+        self._old = self.dir / ".latest.old"
 
     def save(self, policy: Policy, state: dict[str, Any]) -> None:
         import torch
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp_policy = self.dir / ".latest.tmp"
-        shutil.rmtree(tmp_policy, ignore_errors=True)
-        policy.save(tmp_policy)
-        tmp_state = self.dir / ".train_state.tmp"
-        torch.save(state, tmp_state)
-        # Swap the policy directory first, then the state: the state's step never runs ahead of
-        # the policy it describes.
-        old = self.dir / ".latest.old"
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        policy.save(self._tmp)
+        torch.save(state, self._tmp / self.STATE_FILE)
+        shutil.rmtree(self._old, ignore_errors=True)
         if self.policy_dir.exists():
-            os.replace(self.policy_dir, old)
-        os.replace(tmp_policy, self.policy_dir)
-        os.replace(tmp_state, self.state_path)
-        shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.policy_dir, self._old)
+        os.replace(self._tmp, self.policy_dir)
+        shutil.rmtree(self._old, ignore_errors=True)
 
     def load_state(self) -> dict[str, Any] | None:
         """The saved training state, or None when the run has no checkpoint yet."""
         import torch
 
-        if not (self.state_path.exists() and self.policy_dir.exists()):
+        if not self.policy_dir.exists() and self._old.exists():
+            os.replace(self._old, self.policy_dir)  # the crash fell between the two renames
+        state_file = self.policy_dir / self.STATE_FILE
+        if not state_file.exists():
             return None
-        return torch.load(self.state_path, map_location="cpu", weights_only=False)
+        return torch.load(state_file, map_location="cpu", weights_only=False)

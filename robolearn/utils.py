@@ -11,13 +11,20 @@ from tqdm.auto import tqdm
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` picks CUDA when present, else CPU; any other value is checked and returned."""
+    """``"auto"`` picks CUDA when present, else CPU; other values are checked and returned."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available here")
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA is not available on this machine")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"this machine has {torch.cuda.device_count()} CUDA devices")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("MPS is not available on this machine")
     return device
 
 

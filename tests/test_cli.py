@@ -18,8 +18,17 @@ def demos(tmp_path_factory):
     """Five clean expert reach episodes, recorded through the CLI."""
     root = tmp_path_factory.mktemp("cli")
     out = root / "demos.zarr"
-    code = main(["record", "env=arm_reach", "policy=expert", "episodes=5", f"out={out}",
-                 f"run_dir={root / 'record'}", *QUICK])
+    code = main(
+        [
+            "record",
+            "env=arm_reach",
+            "policy=expert",
+            "episodes=5",
+            f"out={out}",
+            f"run_dir={root / 'record'}",
+            *QUICK,
+        ]
+    )
     assert code == 0
     return out
 
@@ -49,19 +58,48 @@ def test_replay_reproduces_recorded_states(demos, tmp_path, capsys):
 
 def test_train_eval_and_resume(demos, tmp_path):
     run = tmp_path / "train"
-    args = ["train", f"data={demos}", "algo.steps=60", "algo.checkpoint_every=30", "episodes=2",
-            "video_episodes=1", f"run_dir={run}", *QUICK]
+    args = [
+        "train",
+        f"data={demos}",
+        "algo.steps=60",
+        "algo.checkpoint_every=30",
+        "episodes=2",
+        "video_episodes=1",
+        f"run_dir={run}",
+        *QUICK,
+    ]
     assert main(args) == 0
-    for name in ("config.yaml", "loss.png", "eval.png", "eval.mp4", "report.md", "report.json",
-                 "policy/policy.json", "checkpoints/train_state.pt", "metrics.csv"):
+    for name in (
+        "config.yaml",
+        "loss.png",
+        "eval.png",
+        "eval.mp4",
+        "report.md",
+        "report.json",
+        "policy/policy.json",
+        "checkpoints/latest/train_state.pt",
+        "metrics.csv",
+    ):
         assert (run / name).exists(), name
     # Resuming a finished run continues from its last checkpoint and trains nothing more.
     assert main(["train", f"resume={run}", *QUICK]) == 0
     assert (run / "metrics.csv").read_text().count("train/loss") == 1
 
     out = tmp_path / "eval"
-    assert main(["eval", f"policy={run / 'policy'}", "env=arm_reach", "episodes=2",
-                 "video_episodes=1", f"run_dir={out}", *QUICK]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                f"policy={run / 'policy'}",
+                "env=arm_reach",
+                "episodes=2",
+                "video_episodes=1",
+                f"run_dir={out}",
+                *QUICK,
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["episodes"] == 2 and 0.0 <= report["success_rate"] <= 1.0
 
@@ -83,9 +121,15 @@ def test_record_resume_continues_to_the_episode_count(tmp_path):
         (["eval", "episodes=0"], "episodes=0: must be an integer >= 1"),
         (["eval", "device=tpu"], "device='tpu'"),
         (["eval", "policy=/no/such/ckpt"], "policy.path='/no/such/ckpt'"),
-        (["train", "algo.lr=-1", "data=/"], "algo.lr must be > 0"),
+        (["train", "algo.lr=-1", "data=/"], "algo.lr=-1: must be > 0"),
         (["replay"], "log=None: is required"),
         (["train", "data=/no/such/store.zarr"], "data='/no/such/store.zarr': does not exist"),
+        (["eval", "env.id=robolearn/Nope-v0"], "env.id='robolearn/Nope-v0': unknown environment"),
+        (["record", "policy.noise=abc"], "policy.noise='abc': must be >= 0"),
+        (["train", "algo.activation=foo"], "algo.activation='foo': must be one of"),
+        (["train", "algo.steps=abc"], "algo.steps='abc': must be an integer >= 1"),
+        (["train", "algo.obs_keys=foo"], "algo.obs_keys='foo': must be null or a list"),
+        (["eval", "device=cuda:7"], "device='cuda:7'"),
     ],
 )
 def test_bad_config_fails_with_one_clear_line(args, message, capsys, tmp_path, monkeypatch):
@@ -108,3 +152,62 @@ def test_missing_or_corrupted_store_names_its_path(tmp_path, capsys):
 def test_unknown_verb(capsys):
     assert main(["fly"]) == 2
     assert "unknown verb 'fly'" in capsys.readouterr().err
+
+
+def test_resume_rejects_typos_and_group_changes(tmp_path, capsys):
+    run = tmp_path / "rec"
+    assert main(["record", "env=arm_reach", "episodes=1", f"run_dir={run}", *QUICK]) == 0
+    assert main(["record", f"resume={run}", "epsiodes=3"]) == 2
+    assert "unknown config key 'epsiodes'" in capsys.readouterr().err
+    assert main(["record", f"resume={run}", "env=arm_push"]) == 2
+    assert "a resumed run keeps its env" in capsys.readouterr().err
+
+
+def test_policy_for_another_env_fails_in_one_line(tmp_path, capsys):
+    # A push policy reads object_pos, which the reach env does not observe.
+    push = tmp_path / "push.zarr"
+    assert (
+        main(
+            [
+                "record",
+                "env=arm_push",
+                "episodes=1",
+                f"out={push}",
+                f"run_dir={tmp_path / 'r'}",
+                *QUICK,
+            ]
+        )
+        == 0
+    )
+    run = tmp_path / "train"
+    assert (
+        main(
+            [
+                "train",
+                f"data={push}",
+                "algo.steps=5",
+                "algo.val_ratio=0",
+                "episodes=1",
+                "video_episodes=0",
+                f"run_dir={run}",
+                *QUICK,
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "eval",
+                f"policy={run / 'policy'}",
+                "env=arm_reach",
+                "episodes=1",
+                f"run_dir={tmp_path / 'e'}",
+                *QUICK,
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err.strip()
+    assert "observation lacks keys ['object_pos']" in err and "\n" not in err

@@ -8,6 +8,7 @@ Adam, periodic validation and checkpoints, resume from the last checkpoint).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,15 @@ from safetensors.torch import load_file, save_file
 
 from robolearn.data.normalizer import Normalizer
 from robolearn.data.sampler import split_episodes
-from robolearn.nets.mlp import MLP
-from robolearn.policy import NORMALIZER_FILE, WEIGHTS_FILE, Policy, read_policy_file
+from robolearn.nets.mlp import ACTIVATIONS, MLP
+from robolearn.policy import (
+    NORMALIZER_FILE,
+    WEIGHTS_FILE,
+    Observation,
+    Policy,
+    as_dict,
+    read_policy_file,
+)
 from robolearn.training import Checkpointer, MetricLog
 from robolearn.utils import progress_bar, seed_everything
 
@@ -40,13 +48,29 @@ class BCConfig:
     checkpoint_every: int = 1000
 
     def __post_init__(self) -> None:
+        def fail(name: str, what: str) -> None:
+            raise ValueError(f"algo.{name}={getattr(self, name)!r}: {what}")
+
         for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"algo.{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(name, "must be an integer >= 1")
+        for name in ("lr", "weight_decay", "val_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                fail(name, "must be a number")
         if self.lr <= 0:
-            raise ValueError(f"algo.lr must be > 0, got {self.lr}")
+            fail("lr", "must be > 0")
+        if self.weight_decay < 0:
+            fail("weight_decay", "must be >= 0")
         if not 0 <= self.val_ratio < 1:
-            raise ValueError(f"algo.val_ratio must be in [0, 1), got {self.val_ratio}")
+            fail("val_ratio", "must be in [0, 1)")
+        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
+            fail("hidden", "must be a list of positive layer widths")
+        if self.activation not in ACTIVATIONS:
+            fail("activation", f"must be one of {sorted(ACTIVATIONS)}")
+        if self.normalization not in ("limits", "gaussian"):
+            fail("normalization", "must be limits or gaussian")
 
 
 class MLPPolicy(Policy):
@@ -84,7 +108,8 @@ class MLPPolicy(Policy):
         return torch.cat(parts, dim=-1)
 
     @torch.no_grad()
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+    def act(self, obs: Observation) -> np.ndarray:
+        obs = as_dict(obs)
         missing = [k for k in self.obs_keys if k not in obs]
         if missing:
             raise KeyError(f"observation lacks keys {missing} this policy was trained on")
@@ -153,7 +178,14 @@ def train_bc(
         raise ValueError("behaviour cloning needs at least one low-dimensional observation key")
     n_steps = len(data["action"])
     flat = {k: data[k].reshape(n_steps, -1).astype(np.float32) for k in [*obs_keys, "action"]}
-    normalizer = Normalizer.fit(flat, mode=cfg.normalization)
+    checkpointer = Checkpointer(run_dir)
+    state = checkpointer.load_state()
+    # A resumed run keeps the statistics its weights were trained with, even if the store grew.
+    normalizer = (
+        Normalizer.load(checkpointer.policy_dir / NORMALIZER_FILE)
+        if state is not None
+        else Normalizer.fit(flat, mode=cfg.normalization)
+    )
     policy = MLPPolicy(
         obs_keys,
         [flat[k].shape[1] for k in obs_keys],
@@ -181,11 +213,12 @@ def train_bc(
     optimizer = torch.optim.AdamW(
         policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps)
-    checkpointer = Checkpointer(run_dir)
+    # Closed-form cosine decay: a resumed run with a different algo.steps follows the new schedule.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
+    )
     log = MetricLog(run_dir)
     start_step = 0
-    state = checkpointer.load_state()
     if state is not None:
         weights = load_file(str(checkpointer.policy_dir / WEIGHTS_FILE), device=str(policy.device))
         policy.model.load_state_dict(weights)
@@ -194,7 +227,7 @@ def train_bc(
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         start_step = state["step"]
-        log.truncate_after(start_step)
+    log.truncate_after(start_step)  # rows after the checkpoint are logged again
 
     def save(step: int) -> None:
         checkpointer.save(
