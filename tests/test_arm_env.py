@@ -144,3 +144,29 @@ def test_domain_randomisation() -> None:
     assert not np.array_equal(obs["image"], base_obs["image"])  # camera moved
     with pytest.raises(TypeError):
         gym.make("robolearn/ArmPush-v0", randomization={"no_such_knob": 1})
+
+
+def test_observations_are_fresh_arrays() -> None:
+    """Callers may keep or modify observations: they never alias MuJoCo's state or each other."""
+    env = gym.make("robolearn/ArmPush-v0")
+    obs, _ = env.reset(seed=0)
+    sim = env.unwrapped
+    kept = {k: v.copy() for k, v in obs.items()}
+    gripper = sim.data.qpos[7:9].sum(keepdims=True, dtype=np.float32)
+    np.testing.assert_array_equal(obs["gripper"], gripper)
+    for value in obs.values():
+        value[...] = -1.0  # must not leak into the env
+    following, *_ = env.step(np.zeros(4, np.float32))
+    for key, value in following.items():
+        assert not np.shares_memory(value, sim.data.qpos) and value.dtype == np.float32
+        assert not any(np.shares_memory(value, obs[k]) for k in obs)
+        np.testing.assert_allclose(value, kept[key], atol=0.05)  # one small step from reset
+    np.testing.assert_array_equal(following["goal_pos"], kept["goal_pos"])
+    # Lists and float64 arrays are accepted and mean the same as float32 arrays.
+    env.reset(seed=0)
+    a = env.step(np.array([0.5, -0.5, 0.25, 1.0], np.float32))[0]
+    env.reset(seed=0)
+    b = env.step([0.5, -0.5, 0.25, 1.0])[0]
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    env.close()

@@ -14,6 +14,7 @@ from robolearn.robots.panda import (
     PANDA_SPEC,
     PANDA_YAW_SPEC,
     ArmIK,
+    _solve_spd6,
     down_rotation,
 )
 from sims.arm.model import load_model
@@ -126,3 +127,41 @@ def test_rejects_bad_actions() -> None:
         ik.action_to_targets(HOME_QPOS, np.array([np.nan, 0, 0, 0]))
     with pytest.raises(ValueError, match="shape"):
         ik.action_to_targets(HOME_QPOS, np.zeros(5))
+    with pytest.raises(ValueError, match="NaN"):
+        ik.action_to_targets(HOME_QPOS, np.array([0.0, np.inf, 0.0, 0.0], np.float32))
+    # Huge finite values overflow a plain sum but are valid (clipped) actions.
+    assert ik.action_to_targets(HOME_QPOS, [1e308, 1e308, 0, 0])[0].shape == (7,)
+
+
+def test_spd6_solve_matches_numpy() -> None:
+    rng = np.random.default_rng(4)
+    for scale in (1.0, 1e-3):
+        for _ in range(20):
+            jac = scale * rng.normal(size=(6, 7))
+            jac[5] = jac[4]  # rank-deficient J J^T: the damping keeps the system solvable
+            gram, b = jac @ jac.T, rng.normal(size=6)
+            x = _solve_spd6(gram.tolist(), tuple(b.tolist()), 0.03**2)
+            expected = np.linalg.solve(gram + 0.03**2 * np.eye(6), b)
+            np.testing.assert_allclose(x, expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("use_yaw", [False, True])
+def test_action_to_targets_matches_numpy_reference(use_yaw: bool) -> None:
+    """The float-level implementation against the damped least-squares step written in numpy."""
+    ik = ArmIK(use_yaw=use_yaw)
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        q = rng.uniform(JOINT_LOWER, JOINT_UPPER)
+        action = rng.uniform(-1.2, 1.2, ik.action_dim).astype(np.float32)
+        pos, rot, jac = ik.jacobian(q)
+        target, target_rot = ik.target_pose(q, action)
+        rot_err = 0.5 * sum(np.cross(rot[:, i], target_rot[:, i]) for i in range(3))
+        err = np.concatenate([target - pos, rot_err])
+        pull = ik.nullspace_gain * (HOME_QPOS - q)
+        damped = jac @ jac.T + 0.03**2 * np.eye(6)
+        dq = jac.T @ np.linalg.solve(damped, err - jac @ pull) + pull
+        dq = np.clip(dq, -ik.max_joint_step, ik.max_joint_step)
+        expected = np.clip(q + dq, JOINT_LOWER, JOINT_UPPER)
+        q_target, opening = ik.action_to_targets(q, action)
+        np.testing.assert_allclose(q_target, expected, atol=1e-9)
+        assert opening == pytest.approx(0.5 * (np.clip(action[3], -1, 1) + 1) * 0.08)

@@ -17,6 +17,7 @@ sits between the fingertips, :data:`TCP_OFFSET` beyond the hand's mounting face.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -103,6 +104,61 @@ def down_rotation(yaw: float) -> np.ndarray:
     return rot_z(yaw) @ np.diag([1.0, -1.0, -1.0])
 
 
+def _solve_spd6(a: list[list[float]], b: Sequence[float], damp: float) -> list[float]:
+    """Solve ``(A + damp I) x = b`` for a symmetric positive semi-definite 6x6 ``A`` (``damp > 0``).
+
+    Cholesky factorisation ``L L^T`` and two triangular substitutions, unrolled over Python
+    floats: for one 6x6 system per control step this is about twice as fast as
+    ``np.linalg.solve``, whose per-call overhead far exceeds its arithmetic. ``A`` is the
+    leading 6x6 block of the nested lists ``a`` (which may be larger); only its lower triangle
+    is read.
+    """
+    row0, row1, row2, row3, row4, row5 = a[:6]
+    a00 = row0[0]
+    a10, a11 = row1[:2]
+    a20, a21, a22 = row2[:3]
+    a30, a31, a32, a33 = row3[:4]
+    a40, a41, a42, a43, a44 = row4[:5]
+    a50, a51, a52, a53, a54, a55 = row5[:6]
+    # L[i][j] = (a[i][j] - sum_k<j L[i][k] L[j][k]) / L[j][j]; inv_j = 1 / L[j][j].
+    inv0 = 1.0 / math.sqrt(a00 + damp)
+    l10 = a10 * inv0
+    inv1 = 1.0 / math.sqrt(a11 + damp - l10 * l10)
+    l20 = a20 * inv0
+    l21 = (a21 - l20 * l10) * inv1
+    inv2 = 1.0 / math.sqrt(a22 + damp - l20 * l20 - l21 * l21)
+    l30 = a30 * inv0
+    l31 = (a31 - l30 * l10) * inv1
+    l32 = (a32 - l30 * l20 - l31 * l21) * inv2
+    inv3 = 1.0 / math.sqrt(a33 + damp - l30 * l30 - l31 * l31 - l32 * l32)
+    l40 = a40 * inv0
+    l41 = (a41 - l40 * l10) * inv1
+    l42 = (a42 - l40 * l20 - l41 * l21) * inv2
+    l43 = (a43 - l40 * l30 - l41 * l31 - l42 * l32) * inv3
+    inv4 = 1.0 / math.sqrt(a44 + damp - l40 * l40 - l41 * l41 - l42 * l42 - l43 * l43)
+    l50 = a50 * inv0
+    l51 = (a51 - l50 * l10) * inv1
+    l52 = (a52 - l50 * l20 - l51 * l21) * inv2
+    l53 = (a53 - l50 * l30 - l51 * l31 - l52 * l32) * inv3
+    l54 = (a54 - l50 * l40 - l51 * l41 - l52 * l42 - l53 * l43) * inv4
+    inv5 = 1.0 / math.sqrt(a55 + damp - l50 * l50 - l51 * l51 - l52 * l52 - l53 * l53 - l54 * l54)
+    # Forward substitution L z = b, then back substitution L^T x = z.
+    b0, b1, b2, b3, b4, b5 = b
+    z0 = b0 * inv0
+    z1 = (b1 - l10 * z0) * inv1
+    z2 = (b2 - l20 * z0 - l21 * z1) * inv2
+    z3 = (b3 - l30 * z0 - l31 * z1 - l32 * z2) * inv3
+    z4 = (b4 - l40 * z0 - l41 * z1 - l42 * z2 - l43 * z3) * inv4
+    z5 = (b5 - l50 * z0 - l51 * z1 - l52 * z2 - l53 * z3 - l54 * z4) * inv5
+    x5 = z5 * inv5
+    x4 = (z4 - l54 * x5) * inv4
+    x3 = (z3 - l43 * x4 - l53 * x5) * inv3
+    x2 = (z2 - l32 * x3 - l42 * x4 - l52 * x5) * inv2
+    x1 = (z1 - l21 * x2 - l31 * x3 - l41 * x4 - l51 * x5) * inv1
+    x0 = (z0 - l10 * x1 - l20 * x2 - l30 * x3 - l40 * x4 - l50 * x5) * inv0
+    return [x0, x1, x2, x3, x4, x5]
+
+
 class ArmIK:
     """Turns a normalised end-effector action into joint position and gripper targets.
 
@@ -147,34 +203,49 @@ class ArmIK:
         self._ws_low = self.workspace_low.tolist()
         self._ws_high = self.workspace_high.tolist()
         self.action_dim = 5 if use_yaw else 4
-        self._damp = damping**2 * np.eye(6)
-        self._dh = [
-            (math.cos(al), math.sin(al), float(a), float(d))
-            for a, d, al in zip(DH_A, DH_D, DH_ALPHA)
-        ]
+        # The Panda's link twists are 0 and +-pi/2, for which RotX(alpha) only swaps (and
+        # negates) the y and z axes: store the twist as its sign and skip the multiplications.
+        self._links: list[tuple[int, float, float]] = []
+        for a, d, alpha in zip(DH_A.tolist(), DH_D.tolist(), DH_ALPHA.tolist()):
+            twist = round(alpha / (math.pi / 2))
+            if twist not in (-1, 0, 1) or abs(alpha - twist * math.pi / 2) > 1e-12:
+                raise ValueError(f"link twist {alpha} is not 0 or +-pi/2")
+            self._links.append((twist, a, d))
         self._tcp_reach = FLANGE_D + TCP_OFFSET
         self._hand_cs = (math.cos(HAND_YAW), math.sin(HAND_YAW))
-        self._home_pull = nullspace_gain * HOME_QPOS
+        self._home_pull = (nullspace_gain * HOME_QPOS).tolist()
+        self._damping_sq = damping**2
+        self._joint_lower = JOINT_LOWER.tolist()
+        self._joint_upper = JOINT_UPPER.tolist()
 
     # The kinematics below work on plain Python floats: on 3-vectors numpy's per-call overhead
     # costs more than the arithmetic, and this runs once per control step inside env.step.
 
     def _kinematics(
-        self, q: np.ndarray
+        self, q: list[float]
     ) -> tuple[list[tuple[float, ...]], list[float], tuple[float, ...]]:
         """Per joint (z axis, origin) as 6 floats, the TCP position, and the TCP rotation's
-        columns (x, y, z) flattened to 9 floats."""
+        columns (x, y, z) flattened to 9 floats, for joint angles ``q`` (7 floats)."""
         x0, x1, x2, y0, y1, y2, z0, z1, z2 = 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0
         p0 = p1 = p2 = 0.0
+        cos, sin = math.cos, math.sin
         frames = []
-        for (ca, sa, a, d), qi in zip(self._dh, q.tolist()):
-            # Columns of R RotX(alpha): x, u = ca y + sa z, z' = ca z - sa y; the joint's origin
-            # is a step a along x then d along z'.
-            u0, u1, u2 = ca * y0 + sa * z0, ca * y1 + sa * z1, ca * y2 + sa * z2
-            z0, z1, z2 = ca * z0 - sa * y0, ca * z1 - sa * y1, ca * z2 - sa * y2
-            p0, p1, p2 = p0 + a * x0 + d * z0, p1 + a * x1 + d * z1, p2 + a * x2 + d * z2
+        for (twist, a, d), qi in zip(self._links, q):
+            # Columns of R RotX(alpha): x, u = cos(alpha) y + sin(alpha) z and
+            # z' = cos(alpha) z - sin(alpha) y; the joint's origin is a step a along x then d
+            # along z'.
+            if twist == 0:
+                u0, u1, u2 = y0, y1, y2
+            elif twist > 0:
+                u0, u1, u2, z0, z1, z2 = z0, z1, z2, -y0, -y1, -y2
+            else:
+                u0, u1, u2, z0, z1, z2 = -z0, -z1, -z2, y0, y1, y2
+            if a:
+                p0, p1, p2 = p0 + a * x0, p1 + a * x1, p2 + a * x2
+            if d:
+                p0, p1, p2 = p0 + d * z0, p1 + d * z1, p2 + d * z2
             # Then RotZ(q): x' = c x + s u, y' = c u - s x.
-            c, s = math.cos(qi), math.sin(qi)
+            c, s = cos(qi), sin(qi)
             x0, x1, x2, y0, y1, y2 = (
                 c * x0 + s * u0,
                 c * x1 + s * u1,
@@ -202,12 +273,16 @@ class ArmIK:
         return frames, tcp, axes
 
     @staticmethod
+    def _joint_list(q: np.ndarray) -> list[float]:
+        return np.asarray(q, dtype=np.float64).tolist()
+
+    @staticmethod
     def _rotation(axes: tuple[float, ...]) -> np.ndarray:
         return np.array(axes).reshape(3, 3).T
 
     def fk(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """TCP position (3,) and rotation matrix (3, 3) in the base frame for joint angles ``q``."""
-        _, tcp, axes = self._kinematics(np.asarray(q, dtype=np.float64))
+        _, tcp, axes = self._kinematics(self._joint_list(q))
         return np.array(tcp), self._rotation(axes)
 
     @staticmethod
@@ -223,7 +298,7 @@ class ArmIK:
 
     def jacobian(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """TCP position, rotation and the (6, 7) geometric Jacobian (linear rows first)."""
-        frames, tcp, axes = self._kinematics(np.asarray(q, dtype=np.float64))
+        frames, tcp, axes = self._kinematics(self._joint_list(q))
         return np.array(tcp), self._rotation(axes), self._jacobian_t(frames, tcp).T
 
     @staticmethod
@@ -233,29 +308,38 @@ class ArmIK:
 
     def target_pose(self, q: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The TCP position and rotation that ``action`` commands from joint angles ``q``."""
-        _, tcp, axes = self._kinematics(np.asarray(q, dtype=np.float64))
+        _, tcp, axes = self._kinematics(self._joint_list(q))
         target, yaw = self._target(tcp, axes, self._check_action(action))
         return np.array(target), down_rotation(yaw)
 
     def _check_action(self, action: np.ndarray) -> list[float]:
         """The action as clipped Python floats; rejects a wrong shape, NaN and inf."""
-        arr = np.asarray(action, dtype=np.float64)
-        if arr.shape != (self.action_dim,):
-            raise ValueError(f"action must have shape ({self.action_dim},), got {arr.shape}")
-        act = arr.tolist()
-        if not all(map(math.isfinite, act)):
+        if not (
+            type(action) is np.ndarray
+            and action.dtype.kind == "f"
+            and action.shape == (self.action_dim,)
+        ):
+            # Lists, integer arrays, ...: the fast path above is the float arrays policies give.
+            action = np.asarray(action, dtype=np.float64)
+            if action.shape != (self.action_dim,):
+                raise ValueError(f"action must have shape ({self.action_dim},), got {action.shape}")
+        act = action.tolist()
+        # A finite sum means every entry is finite (NaN and inf propagate); only an overflowing
+        # sum of huge finite values needs the per-entry check.
+        if not math.isfinite(sum(act)) and not all(map(math.isfinite, act)):
             raise ValueError(f"action contains NaN or inf: {act}")
-        return [min(max(a, -1.0), 1.0) for a in act]
+        # Conditional expressions rather than min/max: builtin calls cost more here.
+        return [1.0 if a > 1.0 else -1.0 if a < -1.0 else a for a in act]
 
     def _target(
         self, tcp: list[float], axes: tuple[float, ...], act: list[float]
     ) -> tuple[list[float], float]:
         """Commanded TCP position (clipped to the workspace) and yaw."""
         step = self.max_step
-        target = [
-            min(max(p + step * a, lo), hi)
-            for p, a, lo, hi in zip(tcp, act, self._ws_low, self._ws_high)
-        ]
+        target = []
+        for p, a, lo, hi in zip(tcp, act, self._ws_low, self._ws_high):
+            t = p + step * a
+            target.append(hi if t > hi else lo if t < lo else t)
         if self.use_yaw:
             return target, math.atan2(axes[1], axes[0]) + self.max_yaw_step * act[4]
         return target, 0.0
@@ -269,33 +353,58 @@ class ArmIK:
                 clipped, NaN or inf raise ``ValueError``.
         """
         act = self._check_action(action)
-        q = np.asarray(q, dtype=np.float64)
-        frames, tcp, axes = self._kinematics(q)
-        jac_t = self._jacobian_t(frames, tcp)
+        q_list = np.asarray(q, dtype=np.float64).tolist()
+        frames, tcp, axes = self._kinematics(q_list)
         (t0, t1, t2), yaw = self._target(tcp, axes, act)
         # Rotation error 0.5 * sum_i (a_i x b_i) over current (a) and target (b) axes: sin(angle)
         # times the axis, accurate for the small per-step rotations used here. Target axes of
         # down_rotation(yaw): x = (c, s, 0), y = (s, -c, 0), z = (0, 0, -1).
         c, s = math.cos(yaw), math.sin(yaw)
         ax0, ax1, ax2, ay0, ay1, ay2, az0, az1, az2 = axes
-        err = np.array(
-            (
-                t0 - tcp[0],
-                t1 - tcp[1],
-                t2 - tcp[2],
-                0.5 * (-ax2 * s + ay2 * c - az1),
-                0.5 * (ax2 * c + ay2 * s + az0),
-                0.5 * (ax0 * s - ax1 * c - ay0 * c - ay1 * s),
-            )
+        err = (
+            t0 - tcp[0],
+            t1 - tcp[1],
+            t2 - tcp[2],
+            0.5 * (-ax2 * s + ay2 * c - az1),
+            0.5 * (ax2 * c + ay2 * s + az0),
+            0.5 * (ax0 * s - ax1 * c - ay0 * c - ay1 * s),
         )
-        pull = self._home_pull - self.nullspace_gain * q
         # dq = J+ err + (I - J+ J) pull = J^T (J J^T + damp)^-1 (err - J pull) + pull, with J+
-        # the damped pseudo-inverse: one 6x6 solve for both the task and the null-space term.
-        dq = jac_t @ np.linalg.solve(jac_t.T @ jac_t + self._damp, err - pull @ jac_t) + pull
+        # the damped pseudo-inverse and pull = nullspace_gain * (home - q): one 6x6 solve for
+        # both the task and the null-space term. The rows [J^T | pull] (7 x 7) go through numpy
+        # once: S^T S holds J J^T in its leading 6x6 block and J pull in its last column. The
+        # rest stays on Python floats, where numpy's per-call cost would dominate.
+        gain = self.nullspace_gain
+        k0, k1, k2 = tcp
+        rows = []
+        flat: list[float] = []
+        for (a0, a1, a2, o0, o1, o2), home, qi in zip(frames, self._home_pull, q_list):
+            # Row i of J^T as in _jacobian_t, then joint i's pull.
+            d0, d1, d2 = k0 - o0, k1 - o1, k2 - o2
+            row = (
+                a1 * d2 - a2 * d1,
+                a2 * d0 - a0 * d2,
+                a0 * d1 - a1 * d0,
+                a0,
+                a1,
+                a2,
+                home - gain * qi,
+            )
+            rows.append(row)
+            flat += row
+        stacked = np.array(flat).reshape(7, 7)
+        gram = stacked.T.dot(stacked).tolist()  # ndarray.dot: less call overhead than @
+        y0, y1, y2, y3, y4, y5 = _solve_spd6(
+            gram, [e - g[6] for e, g in zip(err, gram)], self._damping_sq
+        )
         # Bound the step per joint, then keep the target inside the joint limits.
         limit = self.max_joint_step
-        q_target = np.minimum(np.maximum(dq, -limit), limit)
-        q_target += q
-        np.maximum(q_target, JOINT_LOWER, out=q_target)
-        np.minimum(q_target, JOINT_UPPER, out=q_target)
-        return q_target, 0.5 * (act[3] + 1.0) * GRIPPER_MAX_OPENING
+        q_target = []
+        for (v0, v1, v2, a0, a1, a2, p), qi, lo, hi in zip(
+            rows, q_list, self._joint_lower, self._joint_upper
+        ):
+            dq = v0 * y0 + v1 * y1 + v2 * y2 + a0 * y3 + a1 * y4 + a2 * y5 + p
+            dq = limit if dq > limit else -limit if dq < -limit else dq
+            qt = qi + dq
+            q_target.append(hi if qt > hi else lo if qt < lo else qt)
+        return np.array(q_target), 0.5 * (act[3] + 1.0) * GRIPPER_MAX_OPENING

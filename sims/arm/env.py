@@ -136,7 +136,6 @@ class ArmEnv(gym.Env):
         self.nstep = round(1.0 / (self.robot_spec.control_hz * TIMESTEP))
         # Views into MuJoCo's buffers, fetched once so step() does no name lookups.
         self._qpos_arm = self.data.qpos[:7]
-        self._qpos_fingers = self.data.qpos[7:9]
         self._ctrl = self.data.ctrl
         self._tcp_pos = self.data.site("tcp").xpos
         self._goal_mocap = self.model.body("goal").mocapid[0]
@@ -149,10 +148,14 @@ class ArmEnv(gym.Env):
             self._block_geom = self.model.geom("block").id
             adr = self.model.joint("block").qposadr[0]
             self._block_qpos = self.data.qpos[adr : adr + 7]
-            self._block_pos = self.data.qpos[adr : adr + 3]
+            if adr != 9:  # _observe slices the block position out of qpos[:12]
+                raise ValueError(f"block joint at qpos[{adr}], observations expect qpos[9]")
             self._nominal_mass = float(block_body.mass[0])
             self._nominal_inertia = block_body.inertia.copy()
+        # The observed qpos prefix: arm (7), fingers (2), then the block position (3) if any.
+        self._qpos_obs = self.data.qpos[: 12 if self.has_object else 9]
         self._goal = np.zeros(3)
+        self._goal_obs = np.zeros(3, dtype=np.float32)
         self._renderers: dict[int, mujoco.Renderer] = {}
 
         far = np.full(3, 3.0, dtype=np.float32)
@@ -212,6 +215,7 @@ class ArmEnv(gym.Env):
             model.geom_friction[self._block_geom, 0] = rng.uniform(*rand.object_friction)
         self._sample_task(rng)
         data.mocap_pos[self._goal_mocap] = self._goal
+        self._goal_obs = self._goal.astype(np.float32)
         mujoco.mj_forward(model, data)
 
         obs = self._observe()
@@ -246,14 +250,18 @@ class ArmEnv(gym.Env):
     # --- internals --------------------------------------------------------------------------
 
     def _observe(self) -> dict[str, np.ndarray]:
+        # One float32 copy of the qpos prefix, sliced into the entries: fresh arrays every
+        # step (callers may keep them) at a fraction of the numpy calls of a copy per key.
+        qpos = self._qpos_obs.astype(np.float32)
         obs = {
-            "joint_pos": self._qpos_arm.astype(np.float32),
+            "joint_pos": qpos[:7],
             "ee_pos": self._tcp_pos.astype(np.float32),
-            "gripper": self._qpos_fingers.sum(keepdims=True, dtype=np.float32),
+            # The float32 sum of the float32 finger positions, as qpos[7:9].sum(dtype=float32).
+            "gripper": qpos[7:8] + qpos[8:9],
         }
         if self.has_object:
-            obs["object_pos"] = self._block_pos.astype(np.float32)
-        obs["goal_pos"] = self._goal.astype(np.float32)
+            obs["object_pos"] = qpos[9:12]
+        obs["goal_pos"] = self._goal_obs.copy()
         if self.image:
             obs["image"] = self._render(self.image_size)
         return obs
@@ -324,7 +332,9 @@ class ArmPushEnv(ArmEnv):
 
     def _evaluate(self, obs: dict[str, np.ndarray]) -> tuple[float, bool]:
         obj, goal = obs["object_pos"], obs["goal_pos"]
-        dist = math.hypot(obj[0] - goal[0], obj[1] - goal[1])
+        # The xy offset in float32, the observations' precision, in one numpy call.
+        dx, dy, _ = (obj - goal).tolist()
+        dist = math.hypot(dx, dy)
         success = dist < self.success_threshold
         return -dist - 0.5 * _dist(obs["ee_pos"], obj) + float(success), success
 
@@ -349,8 +359,7 @@ class ArmPickPlaceEnv(ArmEnv):
 
 
 def _dist(a: np.ndarray, b: np.ndarray) -> float:
-    return math.sqrt(
-        (float(a[0]) - float(b[0])) ** 2
-        + (float(a[1]) - float(b[1])) ** 2
-        + (float(a[2]) - float(b[2])) ** 2
-    )
+    # tolist: Python floats in one call (indexing makes a numpy scalar per entry).
+    a0, a1, a2 = a.tolist()
+    b0, b1, b2 = b.tolist()
+    return math.sqrt((a0 - b0) ** 2 + (a1 - b1) ** 2 + (a2 - b2) ** 2)
