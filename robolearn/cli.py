@@ -651,5 +651,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"robolearn {verb}: error: {type(err).__name__}: {message}", file=sys.stderr)
         return 1
 
+
 if __name__ == "__main__":
     sys.exit(main())

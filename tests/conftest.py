@@ -22,10 +22,12 @@ class PointEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self, max_steps: int = 20, render_mode: str | None = None) -> None:
-        self.observation_space = gym.spaces.Dict({
-            "pos": gym.spaces.Box(-2, 2, (2,), np.float32),
-            "goal": gym.spaces.Box(-1, 1, (2,), np.float32),
-        })
+        self.observation_space = gym.spaces.Dict(
+            {
+                "pos": gym.spaces.Box(-2, 2, (2,), np.float32),
+                "goal": gym.spaces.Box(-1, 1, (2,), np.float32),
+            }
+        )
         self.action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
         self.max_steps = max_steps
         self.render_mode = render_mode

@@ -16,19 +16,26 @@ from tests.conftest import GoToGoal
 
 def make_mlp_policy() -> MLPPolicy:
     rng = np.random.default_rng(0)
-    data = {"pos": rng.normal(size=(100, 2)), "goal": rng.normal(size=(100, 2)) * 3,
-            "action": rng.uniform(-1, 1, size=(100, 2))}
+    data = {
+        "pos": rng.normal(size=(100, 2)),
+        "goal": rng.normal(size=(100, 2)) * 3,
+        "action": rng.uniform(-1, 1, size=(100, 2)),
+    }
     torch.manual_seed(0)
-    return MLPPolicy(["pos", "goal"], [2, 2], 2, hidden=[32, 32],
-                     normalizer=Normalizer.fit(data, mode="limits"))
+    return MLPPolicy(
+        ["pos", "goal"], [2, 2], 2, hidden=[32, 32], normalizer=Normalizer.fit(data, mode="limits")
+    )
 
 
 def test_mlp_policy_checkpoint_round_trip(tmp_path):
     policy = make_mlp_policy()
     obs = {"pos": np.ones((3, 2), np.float32), "goal": np.zeros((3, 2), np.float32)}
     path = policy.save(tmp_path / "ckpt")
-    assert {p.name for p in path.iterdir()} == {"policy.json", "model.safetensors",
-                                                 "normalizer.safetensors"}
+    assert {p.name for p in path.iterdir()} == {
+        "policy.json",
+        "model.safetensors",
+        "normalizer.safetensors",
+    }
     loaded = load_policy(path)
     assert isinstance(loaded, MLPPolicy)
     np.testing.assert_array_equal(loaded.act(obs), policy.act(obs))

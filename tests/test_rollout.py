@@ -38,8 +38,9 @@ def test_vector_env_matches_single_env(point_env):
 
 def test_recording_aligns_observations_and_actions(tmp_path, point_env):
     store = EpisodeStore.create(tmp_path / "s.zarr", attrs={"observation_keys": ["pos", "goal"]})
-    result = rollout(GoToGoal(), point_env, episodes=4, seed=10, store=store, source="test",
-                     progress=False)
+    result = rollout(
+        GoToGoal(), point_env, episodes=4, seed=10, store=store, source="test", progress=False
+    )
     assert store.n_episodes == 4
     assert store.n_steps == sum(e.length for e in result.episodes)
     np.testing.assert_array_equal(store.meta("seed"), [e.seed for e in result.episodes])

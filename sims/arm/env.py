@@ -13,9 +13,11 @@ or ``(5,)`` with a yaw delta when ``use_yaw=True`` (see :data:`PANDA_SPEC.action
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import math
 import os
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,6 +67,18 @@ class ArmRandomization:
     camera_angle_noise: float = 0.0
 
 
+# Envs with open renderers. Their GL contexts are freed by an atexit hook registered after the
+# first renderer exists, so it runs before MuJoCo's own EGL teardown hook (atexit runs in
+# reverse order); freeing them later, during interpreter shutdown, prints EGL errors for every
+# env a script did not close.
+_OPEN_ENVS: weakref.WeakSet[ArmEnv] = weakref.WeakSet()
+
+
+def _close_open_envs() -> None:
+    for env in list(_OPEN_ENVS):
+        env.close()
+
+
 _RENDER_FLAGS_OFF = (
     mujoco.mjtRndFlag.mjRND_SHADOW,
     mujoco.mjtRndFlag.mjRND_REFLECTION,
@@ -81,6 +95,7 @@ class ArmEnv(gym.Env):
         camera: Camera for observation images and ``render``: ``"front"``, ``"side"``, ``"top"``.
         render_mode: ``None`` or ``"rgb_array"`` (``render()`` returns a ``render_size`` image).
         render_size: Side of the square ``render()`` image in pixels.
+        render_camera: Camera of ``render()`` (videos); ``camera`` is the image observation's.
         terminate_on_success: End the episode (``terminated=True``) when the task succeeds.
         use_yaw: Five-dimensional actions with a gripper yaw delta.
         randomization: Domain randomisation, an :class:`ArmRandomization` or a mapping of its
@@ -106,12 +121,17 @@ class ArmEnv(gym.Env):
         camera: str = "front",
         render_mode: str | None = None,
         render_size: int = 256,
+        render_camera: str = "overview",
         terminate_on_success: bool = True,
         use_yaw: bool = False,
         randomization: ArmRandomization | Mapping[str, Any] | None = None,
     ) -> None:
         if camera not in CAMERAS:
             raise ValueError(f"camera must be one of {sorted(CAMERAS)}, got {camera!r}")
+        if render_camera not in CAMERAS:
+            raise ValueError(
+                f"render_camera must be one of {sorted(CAMERAS)}, got {render_camera!r}"
+            )
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if randomization is None:
@@ -140,6 +160,7 @@ class ArmEnv(gym.Env):
         self._tcp_pos = self.data.site("tcp").xpos
         self._goal_mocap = self.model.body("goal").mocapid[0]
         self._camera_id = self.model.camera(camera).id
+        self._render_camera_id = self.model.camera(render_camera).id
         self._nominal_cam_pos = self.model.cam_pos.copy()
         self._nominal_cam_quat = self.model.cam_quat.copy()
         if self.has_object:
@@ -240,12 +261,13 @@ class ArmEnv(gym.Env):
         """An RGB ``render_size`` frame from the env's camera (``render_mode="rgb_array"`` only)."""
         if self.render_mode != "rgb_array":
             return None
-        return self._render(self.render_size)
+        return self._render(self.render_size, self._render_camera_id)
 
     def close(self) -> None:
         for renderer in self._renderers.values():
             renderer.close()
         self._renderers.clear()
+        _OPEN_ENVS.discard(self)
 
     # --- internals --------------------------------------------------------------------------
 
@@ -263,17 +285,21 @@ class ArmEnv(gym.Env):
             obs["object_pos"] = qpos[9:12]
         obs["goal_pos"] = self._goal_obs.copy()
         if self.image:
-            obs["image"] = self._render(self.image_size)
+            obs["image"] = self._render(self.image_size, self._camera_id)
         return obs
 
-    def _render(self, size: int) -> np.ndarray:
+    def _render(self, size: int, camera_id: int) -> np.ndarray:
         renderer = self._renderers.get(size)
         if renderer is None:
             renderer = mujoco.Renderer(self.model, size, size)
             for flag in _RENDER_FLAGS_OFF:
                 renderer.scene.flags[flag] = False
             self._renderers[size] = renderer
-        renderer.update_scene(self.data, camera=self._camera_id)
+            if not _OPEN_ENVS:
+                atexit.unregister(_close_open_envs)
+                atexit.register(_close_open_envs)
+            _OPEN_ENVS.add(self)
+        renderer.update_scene(self.data, camera=camera_id)
         return renderer.render()
 
     def _perturb_camera(self, rng: np.random.Generator) -> None:

@@ -37,6 +37,8 @@ CAMERAS = {
     "front": ((1.25, 0.0, 0.55), (0.45, 0.0, 0.1)),
     "side": ((0.5, -0.85, 0.45), (0.5, 0.0, 0.1)),
     "top": ((0.4, 0.0, 1.1), (0.5, 0.0, 0.0)),
+    # A three-quarter view of the whole arm and table, for videos (``render_camera``).
+    "overview": ((1.45, 0.95, 0.95), (0.35, 0.0, 0.2)),
 }
 
 # Position-servo gains per joint: stiff enough to track a 4 cm-per-step target within a control
