@@ -31,11 +31,7 @@ def write_video(path: Path, videos: Sequence[np.ndarray], fps: float) -> Path | 
 
 def plot_rollout(path: Path, result: RolloutResult, title: str) -> Path:
     """Per-episode return (coloured by success) and the episode-length histogram."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     returns = np.array([e.episode_return for e in result.episodes])
     lengths = np.array([e.length for e in result.episodes])
     success = np.array([e.success for e in result.episodes])
@@ -57,11 +53,7 @@ def plot_rollout(path: Path, result: RolloutResult, title: str) -> Path:
     ax_len.set_ylabel("episodes")
     ax_len.legend()
     fig.suptitle(f"{title}: success {result.success_rate:.0%} over {len(returns)} episodes")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_curves(
@@ -72,11 +64,7 @@ def plot_curves(
     log_y: bool = False,
 ) -> Path:
     """Line plot of named (x, y) curves, e.g. training and validation loss against steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, (x, y) in curves.items():
         if len(x):
@@ -87,11 +75,7 @@ def plot_curves(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_report(
@@ -110,6 +94,24 @@ def write_report(
     md_path = run_dir / "report.md"
     md_path.write_text("\n".join(lines) + "\n")
     return json_path, md_path
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
 
 
 def _fmt(value: Any) -> str:

@@ -45,6 +45,7 @@ Blosc-compressed) and v3 arrays in another layout are read through zarr itself, 
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import math
@@ -216,7 +217,33 @@ def _default_key_encoding(meta: dict) -> bool:
     return enc.get("name") == "default" and enc.get("configuration", {}).get("separator") == "/"
 
 
-class _RawArray:
+class _ChunkedArray(abc.ABC):
+    """What the writable array kinds share: an ``n``-row length kept in their ``zarr.json``."""
+
+    path: Path
+    meta: dict
+    chunk_rows: int
+
+    @property
+    def length(self) -> int:
+        return int(self.meta["shape"][0])
+
+    @abc.abstractmethod
+    def drop_chunks_beyond(self, n: int) -> None:
+        """Delete what lies past row ``n``."""
+
+    def set_length(self, n: int) -> None:
+        """Set the length exactly (atomic metadata write); shrinking deletes chunks past it."""
+        _set_shape(self, n)
+        self.drop_chunks_beyond(n)
+
+    def reserve(self, n: int, exact: bool = False) -> None:
+        """Make the array at least ``n`` rows long: exactly ``n``, or a whole number of chunks."""
+        if self.length < n:
+            _set_shape(self, _grown_length(n, self.chunk_rows, exact))
+
+
+class _RawArray(_ChunkedArray):
     """Direct file access to a v3 array stored with the ``bytes`` codec, chunked along time."""
 
     def __init__(self, path: Path, meta: dict) -> None:
@@ -243,10 +270,6 @@ class _RawArray:
             and not meta.get("storage_transformers")
             and (not isinstance(meta.get("fill_value"), str) or meta["fill_value"] in _NAN_INF)
         )
-
-    @property
-    def length(self) -> int:
-        return int(self.meta["shape"][0])
 
     def _chunk_path(self, ci: int) -> str:
         suffix = f"/{self._chunk_suffix}" if self._chunk_suffix else ""
@@ -335,16 +358,6 @@ class _RawArray:
             pos += view.nbytes
         _atomic_write(Path(path), memoryview(chunk))
 
-    def set_length(self, n: int) -> None:
-        """Set the length exactly (atomic metadata write); shrinking deletes chunks past it."""
-        _set_shape(self, n)
-        self.drop_chunks_beyond(n)
-
-    def reserve(self, n: int, exact: bool = False) -> None:
-        """Make the array at least ``n`` rows long: exactly ``n``, or a whole number of chunks."""
-        if self.length < n:
-            _set_shape(self, _grown_length(n, self.chunk_rows, exact))
-
     def drop_chunks_beyond(self, n: int) -> None:
         _drop_chunks_beyond(self.path, self.chunk_rows, n)
 
@@ -359,7 +372,7 @@ def _encode_items(values: Iterable[str]) -> bytes:
     return bytes(out)
 
 
-class _StrArray:
+class _StrArray(_ChunkedArray):
     """A 1-D variable-length UTF-8 string array (``vlen-utf8`` codec), for meta values.
 
     A chunk file is ``u32 count`` then ``count`` items of ``u32 length + UTF-8 bytes``. Appends
@@ -392,10 +405,6 @@ class _StrArray:
             and _default_key_encoding(meta)
             and [c.get("name") for c in codecs] == ["vlen-utf8"]
         )
-
-    @property
-    def length(self) -> int:
-        return int(self.meta["shape"][0])
 
     def _chunk_path(self, ci: int) -> Path:
         return self.path / f"c/{ci}"
@@ -475,16 +484,6 @@ class _StrArray:
             finally:
                 os.close(fd)
         self._cursor = (ci, item + len(texts), offset + len(body))
-
-    def set_length(self, n: int) -> None:
-        """Set the length exactly (atomic metadata write); shrinking deletes chunks past it."""
-        _set_shape(self, n)
-        self.drop_chunks_beyond(n)
-
-    def reserve(self, n: int, exact: bool = False) -> None:
-        """Make the array at least ``n`` rows long: exactly ``n``, or a whole number of chunks."""
-        if self.length < n:
-            _set_shape(self, _grown_length(n, self.chunk_rows, exact))
 
     def drop_chunks_beyond(self, n: int) -> None:
         """Delete chunks past row ``n`` and reset items past it in its chunk to fill.
