@@ -13,6 +13,7 @@ or ``(5,)`` with a yaw delta when ``use_yaw=True`` (see :data:`PANDA_SPEC.action
 
 from __future__ import annotations
 
+import abc
 import atexit
 import dataclasses
 import math
@@ -86,7 +87,7 @@ _RENDER_FLAGS_OFF = (
 )
 
 
-class ArmEnv(gym.Env):
+class ArmEnv(gym.Env, abc.ABC):
     """Base of the Panda arm tasks (use a task subclass).
 
     Args:
@@ -197,13 +198,13 @@ class ArmEnv(gym.Env):
 
     # --- task hooks -------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def _sample_task(self, rng: np.random.Generator) -> None:
         """Place the block (if any) and the goal; called by ``reset`` after the arm is set."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _evaluate(self, obs: dict[str, np.ndarray]) -> tuple[float, bool]:
         """Reward and success for the current state."""
-        raise NotImplementedError
 
     # --- gymnasium API ----------------------------------------------------------------------
 
