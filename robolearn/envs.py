@@ -41,12 +41,18 @@ def make_env(env_id: str, kwargs: dict[str, Any] | None = None, **overrides: Any
 def make_vector_env(
     env_id: str, num_envs: int, kwargs: dict[str, Any] | None = None, **overrides: Any
 ) -> gym.vector.VectorEnv:
-    """An in-process (synchronous) vector env: on 2 cores subprocesses lose for cheap envs."""
+    """A vector env with autoreset disabled (``rollout`` resets finished envs itself).
+
+    Envs with a native batched implementation (a ``vector_entry_point``, e.g. the quadrotor's
+    batched torch dynamics) use it; others are stepped in process one after another, since on
+    2 cores subprocesses lose for cheap envs.
+    """
     ensure_registered(env_id)
+    native = gym.spec(env_id).vector_entry_point is not None
     return gym.make_vec(
         env_id,
         num_envs=num_envs,
-        vectorization_mode="sync",
-        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.DISABLED},
+        vectorization_mode="vector_entry_point" if native else "sync",
+        vector_kwargs={} if native else {"autoreset_mode": gym.vector.AutoresetMode.DISABLED},
         **{**(kwargs or {}), **overrides},
     )
