@@ -1,0 +1,165 @@
+"""Batched quadrotor dynamics in torch: the L2F equations, RK4 at 100 Hz.
+
+State of N quadrotors: one ``(N, 17)`` tensor, columns ``[p (3), q (4), v (3), omega (3),
+motors (4)]``: position (world, z up, m), unit quaternion (w, x, y, z) body FLU -> world, velocity
+(world, m/s), angular velocity (body, rad/s), normalised motor speeds u in [0, 1]. Every vehicle
+has its own parameters; nothing loops over vehicles, and the same code runs on CPU or CUDA.
+
+Equations (quadrotor_sims_and_ros2.md section 1): per rotor thrust ``f_i = c0 + c1 u_i + c2 u_i^2``
+on the motor *state*, along body +z; torque ``sum r_i x F_i + d_i k_m f_i z`` (``d_i`` the yaw
+directions); ``dv/dt = R F / m + g + F_dist / m``; ``domega/dt = J^-1 (tau - omega x J omega)``;
+``dq/dt = q (x) (0, omega) / 2``; motors ``du/dt = (u_cmd - u) / tau`` with ``tau_rise`` when
+``u_cmd >= u`` and ``tau_fall`` otherwise, decided at every RK4 stage as L2F does. After each
+step the quaternion is renormalised and the state clamped to +-1e5.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from robolearn.robots.quadrotor import MOTOR_YAW_DIRECTIONS
+from sims.quadrotor.params import GRAVITY, QuadrotorParams
+
+STATE_DIM = 17
+POSITION = slice(0, 3)
+QUATERNION = slice(3, 7)
+VELOCITY = slice(7, 10)
+OMEGA = slice(10, 13)
+MOTORS = slice(13, 17)
+DT = 0.01
+STATE_LIMIT = 1e5
+
+
+def quaternion_to_rotation(q: torch.Tensor) -> torch.Tensor:
+    """``(..., 3, 3)`` rotation matrices of unit quaternions ``(..., 4)`` (w, x, y, z)."""
+    w, x, y, z = q.unbind(-1)
+    rows = (
+        1 - 2 * (y * y + z * z),
+        2 * (x * y - w * z),
+        2 * (x * z + w * y),
+        2 * (x * y + w * z),
+        1 - 2 * (x * x + z * z),
+        2 * (y * z - w * x),
+        2 * (x * z - w * y),
+        2 * (y * z + w * x),
+        1 - 2 * (x * x + y * y),
+    )
+    return torch.stack(rows, -1).reshape(*q.shape[:-1], 3, 3)
+
+
+def initial_state(
+    n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``(n, 17)`` states at the origin, level, at rest, motors off."""
+    state = torch.zeros(n, STATE_DIM, device=device, dtype=dtype)
+    state[:, 3] = 1.0
+    return state
+
+
+class QuadrotorDynamics:
+    """RK4 integrator of N quadrotors with per-vehicle parameters.
+
+    Args:
+        params: The vehicles; their device and dtype are the simulation's.
+        dt: Integration (and control) step, s.
+
+    Call :meth:`set_params` after changing ``params`` in place: the integrator caches derived
+    per-vehicle constants (inverse mass and inertia, torque mixing) so a step does not
+    recompute them.
+    """
+
+    def __init__(self, params: QuadrotorParams, dt: float = DT) -> None:
+        self.dt = dt
+        self.set_params(params)
+
+    def set_params(self, params: QuadrotorParams) -> None:
+        """Use ``params`` (and refresh the cached constants derived from them)."""
+        self.params = params
+        yaw = torch.as_tensor(MOTOR_YAW_DIRECTIONS, device=params.device, dtype=params.dtype)
+        self._c0, self._c1, self._c2 = (
+            c.contiguous() for c in params.thrust_coefficients.unbind(-1)
+        )
+        rx, ry = params.rotor_positions[..., 0], params.rotor_positions[..., 1]
+        # Torque per unit thrust of each rotor: r x (0, 0, f) = (r_y f, -r_x f, 0), plus the yaw
+        # reaction d_i k_m f about z. Shape (N, 3, 4).
+        self._mix = torch.stack([ry, -rx, yaw * params.torque_constant[:, None]], 1).contiguous()
+        self._inv_mass = (1.0 / params.mass)[:, None]
+        self._inertia = params.inertia.contiguous()
+        self._inv_inertia = (1.0 / params.inertia).contiguous()
+        self._inv_tau_rise = (1.0 / params.tau_rise)[:, None]
+        self._inv_tau_fall = (1.0 / params.tau_fall)[:, None]
+        self._gravity = torch.tensor([0.0, 0.0, -GRAVITY], device=params.device, dtype=params.dtype)
+
+    def derivative(
+        self, state: torch.Tensor, u_cmd: torch.Tensor, force: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(N, 17)`` time derivative of ``state`` under motor setpoints ``u_cmd`` (N, 4) and an
+        external world-frame force ``force`` (N, 3) (None: no force)."""
+        qw, qx, qy, qz = state[:, 3], state[:, 4], state[:, 5], state[:, 6]
+        omega = state[:, OMEGA]
+        wx, wy, wz = omega[:, 0], omega[:, 1], omega[:, 2]
+        u = state[:, MOTORS]
+
+        f = self._c0 + self._c1 * u + self._c2 * u * u
+        # Explicit sums over the 4 rotors: a reduction kernel could add in a batch-size
+        # dependent order, and a single env must match its twin in a vector env bit for bit.
+        f0, f1, f2, f3 = f.unbind(1)
+        thrust = f0 + f1 + f2 + f3
+        g = self._mix * f[:, None, :]
+        torque = g[..., 0] + g[..., 1] + g[..., 2] + g[..., 3]
+
+        # R (0, 0, T) / m: the third column of R scaled by T / m.
+        a = thrust * self._inv_mass[:, 0]
+        acc = torch.stack(
+            (
+                2 * (qx * qz + qw * qy) * a,
+                2 * (qy * qz - qw * qx) * a,
+                (1 - 2 * (qx * qx + qy * qy)) * a,
+            ),
+            1,
+        )
+        acc = acc + self._gravity
+        if force is not None:
+            acc = acc + force * self._inv_mass
+
+        dq = torch.stack(
+            (
+                -0.5 * (qx * wx + qy * wy + qz * wz),
+                0.5 * (qw * wx + qy * wz - qz * wy),
+                0.5 * (qw * wy - qx * wz + qz * wx),
+                0.5 * (qw * wz + qx * wy - qy * wx),
+            ),
+            1,
+        )
+        j = self._inertia
+        j_omega = j * omega
+        gyro = torch.stack(
+            (
+                wy * j_omega[:, 2] - wz * j_omega[:, 1],
+                wz * j_omega[:, 0] - wx * j_omega[:, 2],
+                wx * j_omega[:, 1] - wy * j_omega[:, 0],
+            ),
+            1,
+        )
+        domega = (torque - gyro) * self._inv_inertia
+
+        du = (u_cmd - u) * torch.where(u_cmd >= u, self._inv_tau_rise, self._inv_tau_fall)
+        return torch.cat((state[:, VELOCITY], dq, acc, domega, du), 1)
+
+    def step(
+        self, state: torch.Tensor, action: torch.Tensor, force: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The state one ``dt`` later under normalised actions ``action`` (N, 4) in [-1, 1]
+        (clamped), held constant over the step; returns a new ``(N, 17)`` tensor."""
+        u_cmd = (action.clamp(-1.0, 1.0) + 1.0) * 0.5
+        dt = self.dt
+        k1 = self.derivative(state, u_cmd, force)
+        k2 = self.derivative(state + (0.5 * dt) * k1, u_cmd, force)
+        k3 = self.derivative(state + (0.5 * dt) * k2, u_cmd, force)
+        k4 = self.derivative(state + dt * k3, u_cmd, force)
+        nxt = state + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        q = nxt[:, QUATERNION]
+        # Explicit sum of squares (not q.norm) for the batch-size independence noted above.
+        w, x, y, z = q.unbind(1)
+        nxt[:, QUATERNION] = q / (w * w + x * x + y * y + z * z).sqrt()[:, None]
+        return nxt.clamp_(-STATE_LIMIT, STATE_LIMIT)
