@@ -1,0 +1,239 @@
+"""Batched SAC: N independent soft actor-critic agents, one per env of a batch, trained at once.
+
+RAPTOR trains one RL teacher per sampled quadrotor. Running N separate trainers wastes the
+machine on Python overhead; here agent ``i`` owns env ``i``, its own replay buffer, actor, twin
+critics and temperature, and all N are updated by the same batched matmuls
+(``robolearn.nets.batched``). Agents share nothing: losses are summed over agents, so each
+agent's gradients are exactly those of its own loss, and Adam is element-wise, so the shared
+optimiser equals N independent ones.
+
+The env is any ``BatchedTorchEnv``: torch tensors in and out, one row per agent, no autoreset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from robolearn.nets.batched import BatchedMLP
+from robolearn.utils import progress_bar
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class BatchedTorchEnv(Protocol):
+    """N envs stepped together on torch tensors (row ``i`` is env ``i``); no autoreset."""
+
+    num_envs: int
+    obs_dim: int
+    act_dim: int
+
+    def reset(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Reset the envs where ``mask`` is true (all if None); return every env's observation."""
+        ...
+
+    def step(
+        self, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Apply (N, act_dim) actions in [-1, 1]; return obs, reward, terminated, truncated."""
+        ...
+
+
+@dataclasses.dataclass
+class BatchedSACConfig:
+    """SAC hyperparameters; defaults follow RAPTOR's teacher configuration (reference §7)."""
+
+    actor_hidden: Sequence[int] = (64, 64, 64)
+    critic_hidden: Sequence[int] = (256, 256, 256)
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 1e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    batch_size: int = 128
+    buffer_size: int = 1_000_000
+    warmup_steps: int = 10_000
+    actor_every: int = 2
+    target_entropy: float | None = None  # None: -act_dim
+    initial_alpha: float = 1.0
+
+
+class BatchedReplay:
+    """One ring buffer per agent, stored as (N, capacity, dim) tensors."""
+
+    def __init__(self, n: int, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.size, self.pos = capacity, 0, 0
+        self.obs = torch.zeros(n, capacity, obs_dim, device=device)
+        self.next_obs = torch.zeros(n, capacity, obs_dim, device=device)
+        self.action = torch.zeros(n, capacity, act_dim, device=device)
+        self.reward = torch.zeros(n, capacity, 1, device=device)
+        self.terminated = torch.zeros(n, capacity, 1, device=device)
+
+    def add(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        next_obs: torch.Tensor,
+        terminated: torch.Tensor,
+    ) -> None:
+        """Append one transition per agent (every agent steps together, so one position)."""
+        i = self.pos
+        self.obs[:, i] = obs
+        self.action[:, i] = action
+        self.reward[:, i, 0] = reward
+        self.next_obs[:, i] = next_obs
+        self.terminated[:, i, 0] = terminated.float()
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict:
+        """``batch_size`` transitions per agent, drawn independently for each agent."""
+        n = self.obs.shape[0]
+        index = torch.randint(
+            self.size, (n, batch_size), device=self.obs.device, generator=generator
+        )
+        rows = torch.arange(n, device=self.obs.device)[:, None]
+        return {
+            "obs": self.obs[rows, index],
+            "action": self.action[rows, index],
+            "reward": self.reward[rows, index],
+            "next_obs": self.next_obs[rows, index],
+            "terminated": self.terminated[rows, index],
+        }
+
+
+class BatchedSAC(nn.Module):
+    """N SAC agents: tanh-squashed Gaussian actors, twin critics with targets, learned alpha."""
+
+    def __init__(self, n: int, obs_dim: int, act_dim: int, cfg: BatchedSACConfig) -> None:
+        super().__init__()
+        self.n, self.act_dim, self.cfg = n, act_dim, cfg
+        self.actor = BatchedMLP(n, obs_dim, cfg.actor_hidden, 2 * act_dim)
+        self.q1 = BatchedMLP(n, obs_dim + act_dim, cfg.critic_hidden, 1)
+        self.q2 = BatchedMLP(n, obs_dim + act_dim, cfg.critic_hidden, 1)
+        self.q1_target = BatchedMLP(n, obs_dim + act_dim, cfg.critic_hidden, 1)
+        self.q2_target = BatchedMLP(n, obs_dim + act_dim, cfg.critic_hidden, 1)
+        self.q1_target.load_state_dict(self.q1.state_dict())
+        self.q2_target.load_state_dict(self.q2.state_dict())
+        self.q1_target.requires_grad_(False)
+        self.q2_target.requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.full((n, 1, 1), float(cfg.initial_alpha)).log())
+        self.target_entropy = (
+            cfg.target_entropy if cfg.target_entropy is not None else -float(act_dim)
+        )
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        critic_params = [*self.q1.parameters(), *self.q2.parameters()]
+        self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+
+    def sample_action(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised action in [-1, 1] and its log-probability: (N, B, act), (N, B, 1)."""
+        mean, log_std = self.actor(obs).chunk(2, dim=-1)
+        std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
+        pre_tanh = mean + std * torch.randn_like(mean)
+        action = torch.tanh(pre_tanh)
+        log_prob = torch.distributions.Normal(mean, std).log_prob(pre_tanh)
+        # Change of variables through tanh (the numerically stable form of log(1 - tanh(u)^2)).
+        log_prob = log_prob - 2.0 * (
+            torch.log(torch.tensor(2.0)) - pre_tanh - nn.functional.softplus(-2.0 * pre_tanh)
+        )
+        return action, log_prob.sum(-1, keepdim=True)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """One action per agent for (N, obs_dim) observations: (N, act_dim)."""
+        if deterministic:
+            mean, _ = self.actor(obs[:, None]).chunk(2, dim=-1)
+            return torch.tanh(mean)[:, 0]
+        return self.sample_action(obs[:, None])[0][:, 0]
+
+    def update(self, batch: dict[str, torch.Tensor], update_actor: bool) -> dict[str, float]:
+        """One gradient step of every agent's critics (and actor and alpha if ``update_actor``)."""
+        cfg = self.cfg
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            next_action, next_log_prob = self.sample_action(batch["next_obs"])
+            next_in = torch.cat([batch["next_obs"], next_action], -1)
+            next_q = torch.min(self.q1_target(next_in), self.q2_target(next_in))
+            # Bootstrap unless the episode really terminated (a time limit is not a terminal).
+            target = batch["reward"] + cfg.gamma * (1.0 - batch["terminated"]) * (
+                next_q - alpha * next_log_prob
+            )
+        q_in = torch.cat([batch["obs"], batch["action"]], -1)
+        # Mean over each agent's batch, sum over agents: every agent gets its own loss's gradient.
+        critic_loss = ((self.q1(q_in) - target) ** 2 + (self.q2(q_in) - target) ** 2).mean(1).sum()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        metrics = {"critic_loss": critic_loss.item() / self.n}
+
+        if update_actor:
+            action, log_prob = self.sample_action(batch["obs"])
+            a_in = torch.cat([batch["obs"], action], -1)
+            q = torch.min(self.q1(a_in), self.q2(a_in))
+            actor_loss = (alpha * log_prob - q).mean(1).sum()
+            self.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_opt.step()
+            alpha_loss = (-self.log_alpha * (log_prob.detach() + self.target_entropy)).mean(1).sum()
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+            metrics |= {
+                "actor_loss": actor_loss.item() / self.n,
+                "alpha": self.log_alpha.exp().mean().item(),
+            }
+
+        with torch.no_grad():
+            for net, target_net in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
+                for p, p_target in zip(net.parameters(), target_net.parameters()):
+                    p_target.lerp_(p, cfg.tau)
+        return metrics
+
+
+def train_batched_sac(
+    env: BatchedTorchEnv,
+    cfg: BatchedSACConfig,
+    steps: int,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[BatchedSAC, torch.Tensor]:
+    """Train one SAC agent per env for ``steps`` env steps each.
+
+    Returns the agents and every agent's mean return over its last completed episodes
+    (up to 10), shape (N,).
+    """
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    n = env.num_envs
+    agents = BatchedSAC(n, env.obs_dim, env.act_dim, cfg).to(dev)
+    replay = BatchedReplay(n, min(cfg.buffer_size, steps), env.obs_dim, env.act_dim, dev)
+    returns = torch.zeros(n, device=dev)
+    recent = torch.full((n, 10), float("nan"), device=dev)  # last 10 episode returns per agent
+    obs = env.reset()
+    bar = progress_bar(steps, f"batched SAC x{n}", progress)
+    for step in range(steps):
+        if step < cfg.warmup_steps:
+            action = torch.rand(n, env.act_dim, device=dev) * 2 - 1
+        else:
+            action = agents.act(obs)
+        next_obs, reward, terminated, truncated = env.step(action)
+        replay.add(obs, action, reward, next_obs, terminated)
+        returns += reward
+        done = terminated | truncated
+        if done.any():
+            recent[done] = torch.cat([recent[done, 1:], returns[done, None]], dim=1)
+            returns[done] = 0.0
+            next_obs = env.reset(done)
+        obs = next_obs
+        if step >= cfg.warmup_steps and replay.size >= cfg.batch_size:
+            agents.update(replay.sample(cfg.batch_size), (step % cfg.actor_every) == 0)
+        bar.update(1)
+    bar.close()
+    return agents, recent.nanmean(dim=1)

@@ -1,0 +1,77 @@
+"""Batched SAC: agents are independent, and a short run learns a toy control task."""
+
+from __future__ import annotations
+
+import torch
+
+from robolearn.algos.batched_sac import BatchedSAC, BatchedSACConfig, train_batched_sac
+from robolearn.nets.batched import BatchedLinear
+
+
+class PointMasses:
+    """N 1-D points with different actuator gains; reward -|x|, 30-step episodes."""
+
+    obs_dim, act_dim, horizon = 1, 1, 30
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.num_envs = n
+        self.gen = torch.Generator().manual_seed(seed)
+        self.gain = torch.linspace(0.5, 1.5, n)
+        self.x = torch.zeros(n)
+        self.t = torch.zeros(n, dtype=torch.long)
+
+    def reset(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = torch.ones(self.num_envs, dtype=torch.bool) if mask is None else mask
+        fresh = torch.rand(self.num_envs, generator=self.gen) * 2 - 1
+        self.x = torch.where(mask, fresh, self.x)
+        self.t = torch.where(mask, 0, self.t)
+        return self.x[:, None].clone()
+
+    def step(self, action: torch.Tensor):
+        self.x = (self.x + 0.2 * self.gain * action[:, 0]).clamp(-2, 2)
+        self.t += 1
+        reward = -self.x.abs()
+        return (
+            self.x[:, None].clone(),
+            reward,
+            torch.zeros_like(self.t, dtype=torch.bool),
+            self.t >= self.horizon,
+        )
+
+
+def evaluate(agents: BatchedSAC | None, n: int) -> torch.Tensor:
+    env = PointMasses(n, seed=123)
+    obs, total = env.reset(), torch.zeros(n)
+    for _ in range(env.horizon):
+        action = agents.act(obs, deterministic=True) if agents else torch.zeros(n, 1)
+        obs, reward, _, _ = env.step(action)
+        total += reward
+    return total
+
+
+def test_batched_linear_layers_are_independent():
+    layer = BatchedLinear(3, 4, 2)
+    x = torch.randn(3, 5, 4, requires_grad=True)
+    layer(x)[1].sum().backward()  # only agent 1's output
+    assert layer.weight.grad[1].abs().sum() > 0
+    assert layer.weight.grad[0].abs().sum() == 0 and layer.weight.grad[2].abs().sum() == 0
+    torch.testing.assert_close(layer(x)[2], x[2] @ layer.weight[2] + layer.bias[2])
+
+
+def test_short_run_learns_every_agent():
+    torch.manual_seed(0)
+    cfg = BatchedSACConfig(
+        actor_hidden=(32, 32),
+        critic_hidden=(64, 64),
+        batch_size=64,
+        warmup_steps=300,
+        actor_lr=1e-3,
+        critic_lr=1e-3,
+        alpha_lr=1e-3,
+    )
+    n = 4
+    agents, train_returns = train_batched_sac(PointMasses(n), cfg, steps=2400, progress=False)
+    trained, still = evaluate(agents, n), evaluate(None, n)
+    assert train_returns.shape == (n,) and torch.isfinite(train_returns).all()
+    assert (trained > still + 3.0).all(), (trained, still)
+    assert (trained > -4.0).all(), trained  # drives |x| to near 0 within a few steps
