@@ -41,7 +41,9 @@ def student() -> StudentPolicy:
     model = RaptorStudent()
     with torch.no_grad():
         model.initial_hidden.normal_(0, 0.5)
+        model.initial_hidden[:4] = 0.0  # integral values must still print as float literals
         model.output_layer.weight.mul_(4)
+        model.output_layer.bias[0] = 1.0
     return StudentPolicy(model)
 
 

@@ -122,8 +122,11 @@ def export_numpy(policy: StudentPolicy | RaptorStudent, path: str | Path) -> Pat
 
 
 def _c_array(name: str, values: np.ndarray) -> str:
-    # %.9g round-trips every float32 exactly; the f suffix keeps the literal single precision.
-    items = [f"{float(v):.9g}f" for v in values.ravel()]
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} holds non-finite weights, which C literals cannot express")
+    # 9 significant digits round-trip every float32 exactly; the exponent form is a floating
+    # literal even for integral values (0f is not C), and the f suffix keeps it single.
+    items = [f"{float(v):.8e}f" for v in values.ravel()]
     rows = [", ".join(items[i : i + 6]) for i in range(0, len(items), 6)]
     body = ",\n    ".join(rows)
     return f"static const float {name}[{len(items)}] = {{\n    {body}\n}};\n"
