@@ -75,91 +75,97 @@ class QuadrotorDynamics:
     def set_params(self, params: QuadrotorParams) -> None:
         """Use ``params`` (and refresh the cached constants derived from them)."""
         self.params = params
+        # Constants are stored vehicle-last, matching the vehicle-last layout the integrator
+        # works in (see step).
         yaw = torch.as_tensor(MOTOR_YAW_DIRECTIONS, device=params.device, dtype=params.dtype)
         self._c0, self._c1, self._c2 = (
-            c.contiguous() for c in params.thrust_coefficients.unbind(-1)
+            c.T.contiguous() for c in params.thrust_coefficients.unbind(-1)
         )
-        rx, ry = params.rotor_positions[..., 0], params.rotor_positions[..., 1]
+        rx, ry = params.rotor_positions[..., 0].T, params.rotor_positions[..., 1].T
         # Torque per unit thrust of each rotor: r x (0, 0, f) = (r_y f, -r_x f, 0), plus the yaw
-        # reaction d_i k_m f about z. Shape (N, 3, 4).
-        self._mix = torch.stack([ry, -rx, yaw * params.torque_constant[:, None]], 1).contiguous()
-        self._inv_mass = (1.0 / params.mass)[:, None]
-        self._inertia = params.inertia.contiguous()
-        self._inv_inertia = (1.0 / params.inertia).contiguous()
-        self._inv_tau_rise = (1.0 / params.tau_rise)[:, None]
-        self._inv_tau_fall = (1.0 / params.tau_fall)[:, None]
-        self._gravity = torch.tensor([0.0, 0.0, -GRAVITY], device=params.device, dtype=params.dtype)
+        # reaction d_i k_m f about z. Shape (3, 4, N).
+        self._mix = torch.stack([ry, -rx, yaw[:, None] * params.torque_constant], 0).contiguous()
+        self._inv_mass = 1.0 / params.mass
+        self._inertia = params.inertia.T.contiguous()
+        self._inv_inertia = (1.0 / params.inertia).T.contiguous()
+        self._inv_tau_rise = 1.0 / params.tau_rise
+        self._inv_tau_fall = 1.0 / params.tau_fall
 
     def derivative(
         self, state: torch.Tensor, u_cmd: torch.Tensor, force: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``(N, 17)`` time derivative of ``state`` under motor setpoints ``u_cmd`` (N, 4) and an
         external world-frame force ``force`` (N, 3) (None: no force)."""
-        qw, qx, qy, qz = state[:, 3], state[:, 4], state[:, 5], state[:, 6]
-        omega = state[:, OMEGA]
-        wx, wy, wz = omega[:, 0], omega[:, 1], omega[:, 2]
-        u = state[:, MOTORS]
+        force_t = None if force is None else force.T.contiguous()
+        return self._derivative(state.T.contiguous(), u_cmd.T.contiguous(), force_t).T
+
+    def _derivative(
+        self, x: torch.Tensor, u_cmd: torch.Tensor, force: torch.Tensor | None
+    ) -> torch.Tensor:
+        # Vehicle-last layout: x is (17, N), u_cmd (4, N), force (3, N), so every state
+        # component is a contiguous row and each elementwise op streams through memory.
+        qw, qx, qy, qz = x[3], x[4], x[5], x[6]
+        wx, wy, wz = x[10], x[11], x[12]
+        u = x[MOTORS]
 
         f = self._c0 + self._c1 * u + self._c2 * u * u
         # Explicit sums over the 4 rotors: a reduction kernel could add in a batch-size
         # dependent order, and a single env must match its twin in a vector env bit for bit.
-        f0, f1, f2, f3 = f.unbind(1)
-        thrust = f0 + f1 + f2 + f3
-        g = self._mix * f[:, None, :]
-        torque = g[..., 0] + g[..., 1] + g[..., 2] + g[..., 3]
+        thrust = f[0] + f[1] + f[2] + f[3]
+        g = self._mix * f
+        torque = g[:, 0] + g[:, 1] + g[:, 2] + g[:, 3]
 
         # R (0, 0, T) / m: the third column of R scaled by T / m.
-        a = thrust * self._inv_mass[:, 0]
-        acc = torch.stack(
-            (
-                2 * (qx * qz + qw * qy) * a,
-                2 * (qy * qz - qw * qx) * a,
-                (1 - 2 * (qx * qx + qy * qy)) * a,
-            ),
-            1,
-        )
-        acc = acc + self._gravity
+        a = thrust * self._inv_mass
+        acc_x = 2 * (qx * qz + qw * qy) * a
+        acc_y = 2 * (qy * qz - qw * qx) * a
+        acc_z = (1 - 2 * (qx * qx + qy * qy)) * a - GRAVITY
         if force is not None:
-            acc = acc + force * self._inv_mass
+            acc_x = acc_x + force[0] * self._inv_mass
+            acc_y = acc_y + force[1] * self._inv_mass
+            acc_z = acc_z + force[2] * self._inv_mass
 
-        dq = torch.stack(
-            (
-                -0.5 * (qx * wx + qy * wy + qz * wz),
-                0.5 * (qw * wx + qy * wz - qz * wy),
-                0.5 * (qw * wy - qx * wz + qz * wx),
-                0.5 * (qw * wz + qx * wy - qy * wx),
-            ),
-            1,
-        )
-        j = self._inertia
-        j_omega = j * omega
-        gyro = torch.stack(
-            (
-                wy * j_omega[:, 2] - wz * j_omega[:, 1],
-                wz * j_omega[:, 0] - wx * j_omega[:, 2],
-                wx * j_omega[:, 1] - wy * j_omega[:, 0],
-            ),
-            1,
-        )
-        domega = (torque - gyro) * self._inv_inertia
+        jx, jy, jz = self._inertia[0], self._inertia[1], self._inertia[2]
+        # omega x J omega for diagonal J.
+        gyro_x = wy * (jz * wz) - wz * (jy * wy)
+        gyro_y = wz * (jx * wx) - wx * (jz * wz)
+        gyro_z = wx * (jy * wy) - wy * (jx * wx)
+        inv_j = self._inv_inertia
 
-        du = (u_cmd - u) * torch.where(u_cmd >= u, self._inv_tau_rise, self._inv_tau_fall)
-        return torch.cat((state[:, VELOCITY], dq, acc, domega, du), 1)
+        rate = torch.where(u_cmd >= u, self._inv_tau_rise, self._inv_tau_fall)
+        rows = (
+            x[7],
+            x[8],
+            x[9],
+            -0.5 * (qx * wx + qy * wy + qz * wz),
+            0.5 * (qw * wx + qy * wz - qz * wy),
+            0.5 * (qw * wy - qx * wz + qz * wx),
+            0.5 * (qw * wz + qx * wy - qy * wx),
+            acc_x,
+            acc_y,
+            acc_z,
+            (torque[0] - gyro_x) * inv_j[0],
+            (torque[1] - gyro_y) * inv_j[1],
+            (torque[2] - gyro_z) * inv_j[2],
+        )
+        return torch.cat((torch.stack(rows, 0), (u_cmd - u) * rate), 0)
 
     def step(
         self, state: torch.Tensor, action: torch.Tensor, force: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The state one ``dt`` later under normalised actions ``action`` (N, 4) in [-1, 1]
         (clamped), held constant over the step; returns a new ``(N, 17)`` tensor."""
-        u_cmd = (action.clamp(-1.0, 1.0) + 1.0) * 0.5
+        # Integrate in the vehicle-last layout; one transpose in and one out per step.
+        x = state.T.contiguous()
+        u_cmd = ((action.clamp(-1.0, 1.0) + 1.0) * 0.5).T.contiguous()
+        f = None if force is None else force.T.contiguous()
         dt = self.dt
-        k1 = self.derivative(state, u_cmd, force)
-        k2 = self.derivative(state + (0.5 * dt) * k1, u_cmd, force)
-        k3 = self.derivative(state + (0.5 * dt) * k2, u_cmd, force)
-        k4 = self.derivative(state + dt * k3, u_cmd, force)
-        nxt = state + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-        q = nxt[:, QUATERNION]
-        # Explicit sum of squares (not q.norm) for the batch-size independence noted above.
-        w, x, y, z = q.unbind(1)
-        nxt[:, QUATERNION] = q / (w * w + x * x + y * y + z * z).sqrt()[:, None]
-        return nxt.clamp_(-STATE_LIMIT, STATE_LIMIT)
+        k1 = self._derivative(x, u_cmd, f)
+        k2 = self._derivative(x + (0.5 * dt) * k1, u_cmd, f)
+        k3 = self._derivative(x + (0.5 * dt) * k2, u_cmd, f)
+        k4 = self._derivative(x + dt * k3, u_cmd, f)
+        nxt = x + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        # Explicit sum of squares (not a norm reduction), for the reason given above.
+        q = nxt[QUATERNION]
+        nxt[QUATERNION] = q / (q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]).sqrt()
+        return nxt.clamp_(-STATE_LIMIT, STATE_LIMIT).T.contiguous()
