@@ -1,0 +1,183 @@
+"""Meta-imitation: distil many teachers into one recurrent student (RAPTOR, reference §8).
+
+Each teacher is an expert for one vehicle; the student sees only the 22-D observation and must
+infer the vehicle from its history. Read top to bottom:
+
+* ``collect`` flies every vehicle for one episode — the teacher flies in the first epochs
+  (behaviour cloning), afterwards the student flies and every state it visits is relabelled
+  with that vehicle's teacher action (on-policy imitation, the dataset rebuilt each epoch);
+* ``distill`` alternates collection and training by backpropagation through whole episodes
+  (MSE on the teacher's action, masked after a crash), evaluates the student every epoch and
+  keeps the best one.
+
+The env is a batched torch env with one vehicle per teacher (``sims.quadrotor.torch_env``):
+``reset(mask)`` and ``step(action)`` return the teachers' privileged observations,
+``student_observation()`` the student's 22-D input.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from robolearn.algos.raptor.student import RaptorStudent, StudentPolicy
+from robolearn.training import MetricLog
+from robolearn.utils import progress_bar
+
+
+class DistillEnv(Protocol):
+    """One vehicle per teacher, torch tensors in and out (``sims.quadrotor.torch_env``)."""
+
+    num_envs: int
+
+    def reset(self, mask: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def step(
+        self, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def student_observation(self) -> torch.Tensor: ...
+
+
+class TeacherSet(Protocol):
+    """Teacher ``i`` acts for vehicle ``i`` from its privileged observation."""
+
+    def act(self, teacher_obs: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    """Distillation schedule; defaults follow RAPTOR (reference §8)."""
+
+    epochs: int = 1000
+    teacher_forcing_epochs: int = 10
+    episodes_per_teacher: int = 10
+    episode_steps: int = 500
+    batch_episodes: int = 64
+    lr: float = 1e-4
+
+
+@dataclasses.dataclass
+class Rollouts:
+    """Episodes of one collection: student inputs, teacher labels, alive mask, returns."""
+
+    obs: torch.Tensor  # (E, T, 22)
+    labels: torch.Tensor  # (E, T, 4)
+    mask: torch.Tensor  # (E, T) 1 while the vehicle has not crashed
+    returns: torch.Tensor  # (E,)
+
+
+@torch.no_grad()
+def collect(
+    env: DistillEnv, teachers: TeacherSet, student: RaptorStudent | None, steps: int
+) -> Rollouts:
+    """One episode per vehicle, flown by ``student`` (or by the teachers when None)."""
+    n = env.num_envs
+    teacher_obs = env.reset()
+    hidden = student.initial_state(n) if student is not None else None
+    alive = torch.ones(n, dtype=torch.bool, device=teacher_obs.device)
+    returns = torch.zeros(n, device=teacher_obs.device)
+    obs, labels, mask = [], [], []
+    for _ in range(steps):
+        student_obs = env.student_observation()
+        label = teachers.act(teacher_obs)
+        if student is None:
+            action = label
+        else:
+            # The raw output is what the env records as the next previous-action input.
+            action, hidden = student.step(student_obs, hidden)
+        obs.append(student_obs)
+        labels.append(label)
+        mask.append(alive.clone())
+        teacher_obs, reward, terminated, truncated = env.step(action)
+        returns += torch.where(alive, reward, torch.zeros_like(reward))
+        alive &= ~terminated
+        if not alive.any() or truncated.all():
+            break
+    return Rollouts(
+        torch.stack(obs, 1), torch.stack(labels, 1), torch.stack(mask, 1).float(), returns
+    )
+
+
+def imitation_loss(student: RaptorStudent, batch: Rollouts) -> torch.Tensor:
+    """Masked MSE between the student's raw actions and the teacher labels, through time."""
+    actions, _ = student(batch.obs)
+    error = ((actions - batch.labels) ** 2).mean(-1)
+    return (error * batch.mask).sum() / batch.mask.sum().clamp(min=1.0)
+
+
+def _concat(parts: list[Rollouts]) -> Rollouts:
+    steps = min(p.obs.shape[1] for p in parts)  # episodes end together when every vehicle crashed
+    return Rollouts(
+        torch.cat([p.obs[:, :steps] for p in parts]),
+        torch.cat([p.labels[:, :steps] for p in parts]),
+        torch.cat([p.mask[:, :steps] for p in parts]),
+        torch.cat([p.returns for p in parts]),
+    )
+
+
+def distill(
+    env: DistillEnv,
+    teachers: TeacherSet,
+    cfg: DistillConfig,
+    run_dir: Path | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[StudentPolicy, dict[str, list[float]]]:
+    """Train a student from ``teachers``; return the best epoch's student and the curves.
+
+    Curves: per epoch the imitation loss, the student's mean return flying every vehicle once,
+    and whether the data came from the teachers or the student.
+    """
+    torch.manual_seed(seed)
+    student = RaptorStudent().to(device)
+    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    log = MetricLog(run_dir) if run_dir is not None else None
+    curves: dict[str, list[float]] = {"loss": [], "student_return": [], "on_policy": []}
+    best_return, best_state = -float("inf"), copy.deepcopy(student.state_dict())
+    bar = progress_bar(cfg.epochs, "distill", progress)
+    for epoch in range(cfg.epochs):
+        on_policy = epoch >= cfg.teacher_forcing_epochs
+        student.eval()
+        data = _concat(
+            [
+                collect(env, teachers, student if on_policy else None, cfg.episode_steps)
+                for _ in range(cfg.episodes_per_teacher)
+            ]
+        )
+        student.train()
+        order = torch.randperm(len(data.obs), generator=generator)
+        losses = []
+        for start in range(0, len(order), cfg.batch_episodes):
+            i = order[start : start + cfg.batch_episodes].to(data.obs.device)
+            loss = imitation_loss(
+                student, Rollouts(data.obs[i], data.labels[i], data.mask[i], data.returns[i])
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        student.eval()
+        flown = collect(env, teachers, student, cfg.episode_steps).returns.mean().item()
+        curves["loss"].append(sum(losses) / len(losses))
+        curves["student_return"].append(flown)
+        curves["on_policy"].append(float(on_policy))
+        if log is not None:
+            log.log(
+                epoch + 1, **{"distill/loss": curves["loss"][-1], "distill/student_return": flown}
+            )
+        if flown > best_return:
+            best_return, best_state = flown, copy.deepcopy(student.state_dict())
+        bar.set_postfix(loss=f"{curves['loss'][-1]:.4f}", ret=f"{flown:.1f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    if log is not None:
+        log.close()
+    student.load_state_dict(best_state)
+    return StudentPolicy(student.cpu()), curves
