@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from robolearn.data.store import EpisodeStore, StoreError
-from robolearn.envs import ensure_registered
+from robolearn.envs import ensure_registered, renders
 from robolearn.policy import FLAT_OBS_KEY, Policy, as_dict, load_policy
 from robolearn.rollout import control_hz
 from robolearn.utils import resolve_device
@@ -239,10 +239,16 @@ def bc_config(cfg: DictConfig) -> Any:
 
 
 def make_policy(cfg: DictConfig) -> Policy:
-    """The configured policy: the env's scripted expert, or a checkpoint directory."""
+    """The configured policy: the env's scripted expert, a named baseline or a checkpoint."""
     if cfg.policy.name == "expert":
+        if not cfg.env.get("expert"):
+            raise ConfigError(f"policy=expert: env={cfg.env.name} has no scripted expert")
         factory = _import_string(cfg.env.expert)
         return factory(cfg.env.id, noise=float(cfg.policy.noise), seed=int(cfg.seed))
+    if cfg.policy.name == "raptor_released":
+        from robolearn.algos.raptor.baseline import ReleasedRaptorPolicy
+
+        return ReleasedRaptorPolicy()
     return load_policy(cfg.policy.path, device=resolve_device(cfg.device))
 
 
@@ -346,14 +352,15 @@ def evaluate(
 
     first = int(cfg.seed) + EVAL_SEED_OFFSET
     _say(f"evaluating on {cfg.episodes} episodes of {env_id} (seeds {first}..)")
-    env = _make_env(cfg, env_id, env_kwargs, render_mode="rgb_array")
+    video_kwargs = {"render_mode": "rgb_array"} if renders(env_id) else {}
+    env = _make_env(cfg, env_id, env_kwargs, **video_kwargs)
     try:
         result = rollout(
             policy,
             env,
             cfg.episodes,
             seed=first,
-            render_episodes=cfg.video_episodes,
+            render_episodes=cfg.video_episodes if video_kwargs else 0,
             progress=cfg.progress,
             desc=f"eval {env_id}",
         )
@@ -513,7 +520,9 @@ def cmd_replay(cfg: DictConfig) -> int:
     cfg.env.name = env_id.split("/")[-1]
     run_dir = make_run_dir(cfg, "replay")
     episode = store.get_episode(cfg.episode)
-    env = make_env(env_id, store.attrs.get("env_kwargs", {}), render_mode="rgb_array")
+    rendering = cfg.video_episodes > 0 and renders(env_id)
+    render_kwargs = {"render_mode": "rgb_array"} if rendering else {}
+    env = make_env(env_id, store.attrs.get("env_kwargs", {}), **render_kwargs)
     try:
         obs, _ = env.reset(seed=int(meta["seed"]))
         keys = [k for k in as_dict(obs) if k in episode]
@@ -522,7 +531,7 @@ def cmd_replay(cfg: DictConfig) -> int:
                 f"{store.path}: holds none of the env's observation keys {list(as_dict(obs))}"
             )
         errors: dict[str, list[float]] = {k: [] for k in keys}
-        frames = [env.render()] if cfg.video_episodes > 0 else []
+        frames = [env.render()] if rendering else []
         actions = episode["action"]
         for t in range(len(actions)):
             current = as_dict(obs)

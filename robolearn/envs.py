@@ -32,6 +32,16 @@ def ensure_registered(env_id: str) -> None:
         raise ValueError(f"unknown environment id {env_id!r}; registered: {known}{why}")
 
 
+def renders(env_id: str) -> bool:
+    """Whether the env can render RGB frames (``render_mode="rgb_array"``) for videos."""
+    from gymnasium.envs.registration import load_env_creator
+
+    ensure_registered(env_id)
+    entry_point = gym.spec(env_id).entry_point
+    creator = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    return "rgb_array" in getattr(creator, "metadata", {}).get("render_modes", [])
+
+
 def make_env(env_id: str, kwargs: dict[str, Any] | None = None, **overrides: Any) -> gym.Env:
     """``gymnasium.make`` with the config kwargs plus call-site overrides (e.g. render_mode)."""
     ensure_registered(env_id)

@@ -211,3 +211,27 @@ def test_policy_for_another_env_fails_in_one_line(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert "observation lacks keys ['object_pos']" in err and "\n" not in err
+
+
+def test_quadrotor_record_and_replay_with_the_released_policy(tmp_path):
+    out = tmp_path / "quad.zarr"
+    assert (
+        main(
+            [
+                "record",
+                "env=quadrotor",
+                "policy=raptor_released",
+                "episodes=2",
+                f"out={out}",
+                f"run_dir={tmp_path / 'rec'}",
+                *QUICK,
+            ]
+        )
+        == 0
+    )
+    store = EpisodeStore.open(out)
+    assert store.n_episodes == 2 and store.attrs["control_hz"] == 100
+    assert store.get_episode(0)["obs"].shape[1] == 22
+    assert main(["replay", f"log={out}", "episode=1", f"run_dir={tmp_path / 'r'}", *QUICK]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["max_divergence"] == 0.0
