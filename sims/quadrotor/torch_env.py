@@ -1,0 +1,198 @@
+"""RAPTOR's teacher MDP as a batched torch env: one fixed vehicle per row, no numpy in the loop.
+
+:class:`QuadrotorTorchEnv` implements :class:`robolearn.algos.batched_sac.BatchedTorchEnv` for
+training one SAC teacher per vehicle. It is the MDP of :class:`sims.quadrotor.env.QuadrotorBatch`
+with ``init="raptor"`` and no reference (target = origin): the same initial-state distribution
+(10% guidance starts at the target, level, at rest, motors at hover), the same reward
+``1.5 - (||p|| + 0.2 acos(1 - |q_z|) + ||a_t - a_{t-1}||)``, -100 and termination when any
+``|p_i| > 20 arm``, ``|v_i| > 2 m/s`` or ``|omega_i| > 35 rad/s``, and a constant disturbance
+force per episode, per axis ``N(0, disturbance_std)``. What differs is how it is computed: resets
+draw every env's initial state at once from one ``torch.Generator`` on the env's device, and
+everything stays a tensor on that device.
+
+Teacher observation (26-D, raptor.md section 7): ``[p - p_ref (3), R row-major (9), v - v_ref (3),
+omega body (3), previous action (4), motor states u (4)]``. The position and velocity errors are
+NOT clipped: RAPTOR's teachers see the true errors (only the deployed student's input is clipped
+to +-0.5 m / +-1 m/s), and a teacher that starts 2.5 m away needs to know how far it is.
+:meth:`QuadrotorTorchEnv.student_observation` gives the clipped 22-D input of the student for
+the same state.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from robolearn.robots.quadrotor import (
+    CLIP_POSITION,
+    CLIP_VELOCITY,
+    raptor_observation,
+)
+from sims.quadrotor.dynamics import (
+    MOTORS,
+    OMEGA,
+    POSITION,
+    QUATERNION,
+    STATE_DIM,
+    VELOCITY,
+    QuadrotorDynamics,
+    quaternion_to_rotation,
+)
+from sims.quadrotor.env import (
+    GUIDANCE_PROBABILITY,
+    MAX_ANGULAR_VELOCITY,
+    MAX_VELOCITY,
+    TERMINATION_REWARD,
+)
+from sims.quadrotor.params import INIT_POSITION_ARMS, TERMINATION_ARMS, QuadrotorParams
+
+#: Size of the teacher observation.
+TEACHER_OBSERVATION_DIM = 26
+#: RAPTOR episodes: 500 steps = 5 s at 100 Hz.
+EPISODE_STEPS = 500
+
+
+class QuadrotorTorchEnv:
+    """N quadrotors, vehicle ``i`` fixed for the env's lifetime, in RAPTOR's teacher MDP.
+
+    Args:
+        params: The N vehicles (one per teacher); copied to ``device`` in float32.
+        seed: Seed of the env's ``torch.Generator`` (initial states and disturbance forces).
+        device: Torch device of the simulation; every returned tensor lives there.
+        max_episode_steps: ``truncated`` turns true once an episode has run this many steps.
+        terminate_on_velocity: Also terminate on ``|v_i| > 2 m/s`` or ``|omega_i| > 35 rad/s``.
+        disturbance: Draw the per-episode constant disturbance force.
+
+    No autoreset: a finished env keeps integrating until ``reset(mask)`` restarts it.
+    """
+
+    obs_dim = TEACHER_OBSERVATION_DIM
+    act_dim = 4
+
+    def __init__(
+        self,
+        params: QuadrotorParams,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        max_episode_steps: int = EPISODE_STEPS,
+        terminate_on_velocity: bool = True,
+        disturbance: bool = True,
+    ) -> None:
+        self.device = torch.device(device)
+        self.params = params.to(self.device, torch.float32)
+        self.num_envs = self.params.batch_size
+        self.max_episode_steps = max_episode_steps
+        self.terminate_on_velocity = terminate_on_velocity
+        self.disturbance = disturbance
+        self.dynamics = QuadrotorDynamics(self.params)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        n = self.num_envs
+        self._arm = self.params.arm_length
+        self._max_position = (TERMINATION_ARMS * self._arm)[:, None]
+        self._hover = self.params.hover_command()
+        self.state = torch.zeros(n, STATE_DIM, device=self.device)
+        self.state[:, 3] = 1.0
+        self.force = torch.zeros(n, 3, device=self.device)
+        self.prev_action = torch.zeros(n, 4, device=self.device)
+        self.steps = torch.zeros(n, dtype=torch.long, device=self.device)
+
+    def _rand(self, *shape: int) -> torch.Tensor:
+        return torch.rand(*shape, device=self.device, generator=self.generator)
+
+    def _sample_states(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Initial states ``(N, 17)`` and disturbance forces ``(N, 3)`` for every env."""
+        n = self.num_envs
+        arm = self._arm[:, None]
+        position = (2 * self._rand(n, 3) - 1) * (INIT_POSITION_ARMS * arm)
+        axis = torch.randn(n, 3, device=self.device, generator=self.generator)
+        axis = axis / axis.norm(dim=1, keepdim=True)
+        # Upstream's sample_orientation ignores its max_angle and draws up to 1 rad.
+        half = 0.5 * self._rand(n, 1)
+        quaternion = torch.cat((half.cos(), half.sin() * axis), 1)
+        velocity = 2 * self._rand(n, 3) - 1
+        omega = 2 * self._rand(n, 3) - 1
+        motors = 0.5 * self._rand(n, 4)
+        state = torch.cat((position, quaternion, velocity, omega, motors), 1)
+        # Guidance starts: at the target, level, at rest, motors at the hover setpoint.
+        guidance = torch.zeros_like(state)
+        guidance[:, 3] = 1.0
+        guidance[:, MOTORS] = self._hover
+        state = torch.where(self._rand(n, 1) < GUIDANCE_PROBABILITY, guidance, state)
+        force = torch.randn(n, 3, device=self.device, generator=self.generator)
+        force = force * self.params.disturbance_std[:, None] * float(self.disturbance)
+        return state, force
+
+    def reset(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Start new episodes where ``mask`` (N,) is true (all envs if None).
+
+        Every call draws fresh states for all N envs and keeps those of the masked ones, so the
+        random stream does not depend on which envs are reset. Returns the teacher observation
+        of every env, ``(N, 26)``.
+        """
+        state, force = self._sample_states()
+        if mask is None:
+            self.state, self.force = state, force
+            self.prev_action = torch.zeros_like(self.prev_action)
+            self.steps = torch.zeros_like(self.steps)
+        else:
+            m = mask.to(self.device, torch.bool)[:, None]
+            self.state = torch.where(m, state, self.state)
+            self.force = torch.where(m, force, self.force)
+            self.prev_action = self.prev_action.masked_fill(m, 0.0)
+            self.steps = self.steps.masked_fill(m[:, 0], 0)
+        return self.observe()
+
+    def observe(self) -> torch.Tensor:
+        """Teacher observations ``(N, 26)`` of the current state (errors unclipped)."""
+        obs = raptor_observation(
+            self.state[:, POSITION],
+            quaternion_to_rotation(self.state[:, QUATERNION]),
+            self.state[:, VELOCITY],
+            self.state[:, OMEGA],
+            self.prev_action,
+            clip_position=None,
+            clip_velocity=None,
+        )
+        return torch.cat((obs, self.state[:, MOTORS]), 1)
+
+    def student_observation(self) -> torch.Tensor:
+        """The deployed student's 22-D RAPTOR input ``(N, 22)`` of the current state: errors
+        clipped to +-0.5 m and +-1 m/s, no motor states."""
+        return raptor_observation(
+            self.state[:, POSITION],
+            quaternion_to_rotation(self.state[:, QUATERNION]),
+            self.state[:, VELOCITY],
+            self.state[:, OMEGA],
+            self.prev_action,
+            clip_position=CLIP_POSITION,
+            clip_velocity=CLIP_VELOCITY,
+        )
+
+    def position_error(self) -> torch.Tensor:
+        """``(N,)`` distance to the target ``||p - p_ref||``, m."""
+        return self.state[:, POSITION].norm(dim=1)
+
+    def step(
+        self, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Apply actions ``(N, 4)`` (clamped to [-1, 1] for the motors); return the teacher
+        observations ``(N, 26)``, rewards ``(N,)``, terminated and truncated ``(N,)`` bools."""
+        action = action.to(self.device, torch.float32)
+        clipped = action.clamp(-1.0, 1.0)
+        d_action = (clipped - self.prev_action.clamp(-1.0, 1.0)).norm(dim=1)
+        self.state = self.dynamics.step(self.state, clipped, self.force)
+        self.prev_action = action.clone()
+        self.steps = self.steps + 1
+
+        state = self.state
+        position = state[:, POSITION]
+        terminated = (position.abs() > self._max_position).any(1)
+        if self.terminate_on_velocity:
+            terminated |= (state[:, VELOCITY].abs() > MAX_VELOCITY).any(1)
+            terminated |= (state[:, OMEGA].abs() > MAX_ANGULAR_VELOCITY).any(1)
+        terminated |= ~torch.isfinite(state).all(1)
+        # Index 6 is the quaternion's z component, as QuadrotorBatch's reward uses it.
+        orientation = torch.acos((1.0 - state[:, 6].abs()).clamp(-1.0, 1.0))
+        reward = 1.5 - (position.norm(dim=1) + 0.2 * orientation + d_action)
+        reward = torch.where(terminated, torch.full_like(reward, TERMINATION_REWARD), reward)
+        truncated = self.steps >= self.max_episode_steps
+        return self.observe(), reward, terminated, truncated
