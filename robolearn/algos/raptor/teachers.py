@@ -1,0 +1,380 @@
+"""RAPTOR's RL teachers: one SAC agent per sampled quadrotor, all trained at once.
+
+RAPTOR (reference raptor.md sections 5-8) trains one SAC teacher per vehicle on its fixed
+dynamics, then distils all teachers into one recurrent student. Here the N teachers are the N
+agents of :class:`robolearn.algos.batched_sac.BatchedSAC`, stepped against a batched torch env
+with one fixed vehicle per row (``sims.quadrotor.torch_env.QuadrotorTorchEnv``, passed in as
+``env_factory`` so robolearn never imports a simulator at module top level).
+
+:class:`Teachers` is what distillation consumes: N deterministic actors (tanh of the Gaussian
+mean) that map each vehicle's 26-D privileged observation to its 4 motor commands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robolearn.algos.batched_sac import BatchedReplay, BatchedSAC, BatchedSACConfig, BatchedTorchEnv
+from robolearn.nets.batched import BatchedMLP
+from robolearn.policy import WEIGHTS_FILE, Observation, Policy, read_policy_file
+from robolearn.training import Checkpointer, MetricLog
+from robolearn.utils import progress_bar
+
+#: ``env_factory(params, seed, device) -> BatchedTorchEnv`` with one env per vehicle in params.
+EnvFactory = Callable[[Any, int, str], BatchedTorchEnv]
+
+#: Quantiles of the per-teacher returns written to the training log.
+LOG_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+@dataclasses.dataclass
+class TeacherConfig:
+    """How to train the teachers.
+
+    The defaults are RAPTOR's (``pre_training/config.h``, raptor.md section 7): SAC with a 3x64
+    actor and twin 3x256 critics, batch 128, 10k warm-up steps, 1M env steps per teacher,
+    500-step episodes. :meth:`cpu_budget` is the preset sized for a 2-core CPU.
+
+    Attributes:
+        sac: SAC hyperparameters (networks, learning rates, batch, replay size, warm-up).
+        steps: Env steps per teacher (every teacher steps once per training step).
+        episode_steps: Episodes are truncated after this many steps (on top of the env's own
+            time limit).
+        log_every: Log the return statistics every this many steps (needs ``run_dir``).
+        checkpoint_every: Write a resumable checkpoint every this many steps (needs ``run_dir``).
+        return_window: A teacher's training return is the mean of its last this-many episodes.
+    """
+
+    sac: BatchedSACConfig = dataclasses.field(default_factory=BatchedSACConfig)
+    steps: int = 1_000_000
+    episode_steps: int = 500
+    log_every: int = 5_000
+    checkpoint_every: int = 50_000
+    return_window: int = 10
+
+    @classmethod
+    def cpu_budget(cls, steps: int = 30_000) -> TeacherConfig:
+        """A preset for 1000 teachers on 2 CPU cores within tens of minutes.
+
+        RAPTOR's twin 3x256 critics dominate the cost of an update (about 30x the flops of the
+        actor), so this preset shrinks them to 2x64 and the actor to 2x64, halves the batch,
+        and warms up for 2k steps; the replay holds the whole run (``steps`` transitions per
+        teacher). Measured speed and returns: BENCHMARKS.md, section raptor-teachers.
+        """
+        sac = BatchedSACConfig(
+            actor_hidden=(64, 64),
+            critic_hidden=(64, 64),
+            batch_size=64,
+            warmup_steps=2_000,
+            buffer_size=steps,
+            actor_lr=1e-3,
+            critic_lr=1e-3,
+            alpha_lr=1e-3,
+        )
+        return cls(sac=sac, steps=steps, log_every=1_000, checkpoint_every=10_000)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (nested SAC config as a dict)."""
+        return dataclasses.asdict(self)
+
+
+class Teachers(Policy):
+    """N deterministic teacher actors; row ``i`` of a batch is teacher ``i``'s vehicle.
+
+    Args:
+        num_teachers: N.
+        obs_dim: Teacher observation size (26 for RAPTOR's privileged observation).
+        act_dim: Action size (4 motor commands).
+        actor_hidden: Hidden widths of each actor MLP (ReLU).
+        train_returns: Each teacher's mean training return at the end of training, if known.
+        device: Device of the weights.
+    """
+
+    policy_type = "raptor_teachers"
+
+    def __init__(
+        self,
+        num_teachers: int,
+        obs_dim: int = 26,
+        act_dim: int = 4,
+        actor_hidden: Sequence[int] = (64, 64, 64),
+        train_returns: Sequence[float] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.num_teachers, self.obs_dim, self.act_dim = num_teachers, obs_dim, act_dim
+        self.actor_hidden = tuple(actor_hidden)
+        self.train_returns = None if train_returns is None else [float(r) for r in train_returns]
+        # The actor outputs the Gaussian's mean and log-std; a teacher acts with the mean.
+        self.actor = BatchedMLP(num_teachers, obs_dim, self.actor_hidden, 2 * act_dim)
+        self.actor.to(device).requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.actor[0].weight.device
+
+    @classmethod
+    def from_agents(
+        cls, agents: BatchedSAC, train_returns: Sequence[float] | None = None
+    ) -> Teachers:
+        """The deterministic actors of trained SAC agents (weights copied)."""
+        first = agents.actor[0].weight
+        teachers = cls(
+            agents.n,
+            first.shape[1],
+            agents.act_dim,
+            agents.cfg.actor_hidden,
+            train_returns,
+            device=first.device,
+        )
+        teachers.actor.load_state_dict(agents.actor.state_dict())
+        return teachers
+
+    @torch.no_grad()
+    def act(self, obs: Observation | torch.Tensor) -> Any:
+        """Actions ``(N, 4)`` = tanh of each teacher's mean for observations ``(N, 26)``.
+
+        Torch in, torch out (on the weights' device); numpy (or ``{"obs": array}``) in, float32
+        numpy out.
+        """
+        if isinstance(obs, dict):
+            obs = obs["obs"]
+        is_numpy = not isinstance(obs, torch.Tensor)
+        x = torch.as_tensor(np.asarray(obs) if is_numpy else obs, dtype=torch.float32)
+        if x.shape != (self.num_teachers, self.obs_dim):
+            raise ValueError(
+                f"expected observations of shape ({self.num_teachers}, {self.obs_dim}), "
+                f"got {tuple(x.shape)}"
+            )
+        mean = self.actor(x.to(self.device)[:, None])[:, 0, : self.act_dim]
+        action = torch.tanh(mean)
+        return action.cpu().numpy() if is_numpy else action
+
+    @torch.no_grad()
+    def evaluate(self, env: BatchedTorchEnv, episodes: int = 10) -> torch.Tensor:
+        """Each teacher's mean undiscounted return over ``episodes`` episodes on its own env.
+
+        ``env`` has one env per teacher (``num_envs == num_teachers``); episodes end at the
+        env's termination or time limit. Returns ``(N,)`` on the env's device.
+        """
+        if env.num_envs != self.num_teachers:
+            raise ValueError(f"env has {env.num_envs} envs for {self.num_teachers} teachers")
+        obs = env.reset()
+        episode_return = torch.zeros(self.num_teachers, device=obs.device)
+        total = torch.zeros_like(episode_return)
+        count = torch.zeros(self.num_teachers, dtype=torch.long, device=obs.device)
+        while bool((count < episodes).any()):
+            obs, reward, terminated, truncated = env.step(self.act(obs))
+            episode_return += reward
+            done = terminated | truncated
+            finished = done & (count < episodes)
+            total += torch.where(finished, episode_return, 0.0)
+            count += finished.long()
+            episode_return = torch.where(done, 0.0, episode_return)
+            if bool(done.any()):
+                obs = env.reset(done)
+        return total / episodes
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "num_teachers": self.num_teachers,
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "actor_hidden": list(self.actor_hidden),
+            "train_returns": self.train_returns,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``policy.json`` (config) and ``model.safetensors`` (actor weights)."""
+        from safetensors.torch import save_file
+
+        path = super().save(path)
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.actor.state_dict().items()}
+        save_file(weights, str(path / WEIGHTS_FILE))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> Teachers:
+        """Rebuild teachers saved by :meth:`save`."""
+        from safetensors.torch import load_file
+
+        teachers = cls(**read_policy_file(path)["config"], device=device)
+        teachers.actor.load_state_dict(load_file(str(Path(path) / WEIGHTS_FILE), device=device))
+        return teachers
+
+
+def _quantile_scalars(returns: torch.Tensor) -> dict[str, float]:
+    finite = returns[torch.isfinite(returns)]
+    if finite.numel() == 0:
+        return {}
+    scalars = {
+        f"return/q{round(q * 100):02d}": torch.quantile(finite, q).item() for q in LOG_QUANTILES
+    }
+    scalars |= {"return/mean": finite.mean().item(), "return/min": finite.min().item()}
+    return scalars
+
+
+def train_teachers(
+    params: Any,
+    cfg: TeacherConfig,
+    env_factory: EnvFactory,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    run_dir: str | Path | None = None,
+) -> Teachers:
+    """Train one SAC teacher per vehicle of ``params`` for ``cfg.steps`` steps each.
+
+    Args:
+        params: The N vehicles (e.g. ``sims.quadrotor.params.QuadrotorParams`` of batch N);
+            passed through to ``env_factory``.
+        cfg: Training configuration.
+        env_factory: ``env_factory(params, seed, device)`` builds the batched env, e.g.
+            ``sims.quadrotor.torch_env.QuadrotorTorchEnv``.
+        seed: Seeds torch (networks, exploration), the replay sampler and the env.
+        device: Torch device of the agents and the env.
+        progress: Show a progress bar.
+        run_dir: If given, log return statistics (per teacher, and quantiles over teachers)
+            with :class:`robolearn.training.MetricLog` and keep a resumable checkpoint under
+            ``run_dir/checkpoints/latest``; a run started again with the same ``run_dir``
+            resumes from it, starting fresh episodes.
+
+    Returns:
+        The trained teachers, with each teacher's mean return over its last
+        ``cfg.return_window`` training episodes in ``train_returns``.
+    """
+    sac = cfg.sac
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    sampler = torch.Generator(device=dev).manual_seed(seed)
+    agents: BatchedSAC | None = None
+    start = 0
+    log = checkpointer = None
+    state: dict[str, Any] | None = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpointer = Checkpointer(run_dir)
+        state = checkpointer.load_state()
+        log = MetricLog(run_dir)
+    # A resumed run draws new episodes rather than replaying the first ones.
+    env = env_factory(params, seed + (state["step"] if state else 0), device)
+    n = env.num_envs
+    agents = BatchedSAC(n, env.obs_dim, env.act_dim, sac).to(dev)
+    replay = BatchedReplay(n, min(sac.buffer_size, cfg.steps), env.obs_dim, env.act_dim, dev)
+    recent = torch.full((n, cfg.return_window), math.nan, device=dev)
+    if state is not None:
+        start = _restore(state, agents, replay, sampler)
+        recent = state["recent"].to(dev)
+        log.truncate_after(start)
+
+    episode_return = torch.zeros(n, device=dev)
+    episode_steps = torch.zeros(n, dtype=torch.long, device=dev)
+    metrics: dict[str, float] = {}
+    obs = env.reset()
+    bar = progress_bar(cfg.steps, f"RAPTOR teachers x{n}", progress, initial=start)
+    clock, clock_step = time.perf_counter(), start
+    for step in range(start, cfg.steps):
+        if step < sac.warmup_steps:
+            action = torch.rand(n, env.act_dim, device=dev) * 2 - 1
+        else:
+            action = agents.act(obs)
+        next_obs, reward, terminated, truncated = env.step(action)
+        episode_steps += 1
+        done = terminated | truncated | (episode_steps >= cfg.episode_steps)
+        replay.add(obs, action, reward, next_obs, terminated)
+        episode_return += reward
+        if bool(done.any()):
+            recent[done] = torch.cat([recent[done, 1:], episode_return[done, None]], dim=1)
+            episode_return = torch.where(done, 0.0, episode_return)
+            episode_steps = episode_steps.masked_fill(done, 0)
+            next_obs = env.reset(done)
+        obs = next_obs
+        if step >= sac.warmup_steps and replay.size >= sac.batch_size:
+            batch = replay.sample(sac.batch_size, generator=sampler)
+            metrics = agents.update(batch, (step % sac.actor_every) == 0)
+        bar.update(1)
+        done_steps = step + 1
+        if log is not None and (done_steps % cfg.log_every == 0 or done_steps == cfg.steps):
+            now = time.perf_counter()
+            returns = recent.nanmean(dim=1)
+            scalars = _quantile_scalars(returns) | {f"train/{k}": v for k, v in metrics.items()}
+            scalars["train/teacher_steps_per_s"] = n * (done_steps - clock_step) / (now - clock)
+            scalars |= {f"teacher_return/{i:04d}": r for i, r in enumerate(returns.tolist())}
+            log.log(done_steps, **scalars)
+            clock, clock_step = now, done_steps
+        if checkpointer is not None and (
+            done_steps % cfg.checkpoint_every == 0 or done_steps == cfg.steps
+        ):
+            teachers = Teachers.from_agents(agents, recent.nanmean(dim=1).tolist())
+            checkpointer.save(
+                teachers, _train_state(done_steps, cfg, agents, replay, sampler, recent)
+            )
+    bar.close()
+    if log is not None:
+        log.close()
+    return Teachers.from_agents(agents, recent.nanmean(dim=1).tolist())
+
+
+def _train_state(
+    step: int,
+    cfg: TeacherConfig,
+    agents: BatchedSAC,
+    replay: BatchedReplay,
+    sampler: torch.Generator,
+    recent: torch.Tensor,
+) -> dict[str, Any]:
+    """Everything a resumed run needs: weights, optimisers, replay, RNG states, statistics."""
+    return {
+        "step": step,
+        "config": cfg.to_dict(),
+        "agents": agents.state_dict(),
+        "optimizers": {
+            name: getattr(agents, name).state_dict()
+            for name in ("actor_opt", "critic_opt", "alpha_opt")
+        },
+        "replay": {
+            "pos": replay.pos,
+            "size": replay.size,
+            "capacity": replay.capacity,
+            # Only the filled part: a checkpoint early in a run stays small.
+            "tensors": {
+                name: getattr(replay, name)[:, : replay.size].cpu()
+                for name in ("obs", "next_obs", "action", "reward", "terminated")
+            },
+        },
+        "torch_rng": torch.get_rng_state(),
+        "sampler_rng": sampler.get_state(),
+        "recent": recent.cpu(),
+    }
+
+
+def _restore(
+    state: dict[str, Any], agents: BatchedSAC, replay: BatchedReplay, sampler: torch.Generator
+) -> int:
+    """Load ``state`` (from :func:`_train_state`) into the fresh objects; return its step."""
+    agents.load_state_dict(state["agents"])
+    for name, opt_state in state["optimizers"].items():
+        getattr(agents, name).load_state_dict(opt_state)
+    saved = state["replay"]
+    if saved["size"] > replay.capacity:
+        raise ValueError(
+            f"checkpoint replay holds {saved['size']} transitions per teacher, more than this "
+            f"run's capacity {replay.capacity} (cfg.steps or cfg.sac.buffer_size shrank)"
+        )
+    for name, tensor in saved["tensors"].items():
+        getattr(replay, name)[:, : saved["size"]] = tensor.to(getattr(replay, name).device)
+    replay.size = saved["size"]
+    # A run resumed with a longer cfg.steps has a larger ring: continue after the saved data.
+    same = saved["capacity"] == replay.capacity
+    replay.pos = saved["pos"] if same else saved["size"] % replay.capacity
+    torch.set_rng_state(state["torch_rng"])
+    sampler.set_state(state["sampler_rng"])
+    return int(state["step"])

@@ -1,0 +1,88 @@
+"""RAPTOR teachers: a tiny batched run learns, checkpoints resume, Teachers round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import numpy as np
+import torch
+
+from robolearn.algos.raptor.teachers import TeacherConfig, Teachers, train_teachers
+from robolearn.policy import load_policy
+from robolearn.training import read_metric
+from sims.quadrotor.params import preset, sample_params
+from sims.quadrotor.torch_env import QuadrotorTorchEnv
+
+N = 4
+EPISODE = 100
+# Short episodes without the velocity termination: a few thousand steps must show learning.
+make_env = partial(QuadrotorTorchEnv, max_episode_steps=EPISODE, terminate_on_velocity=False)
+
+
+def tiny_config(steps: int) -> TeacherConfig:
+    cfg = TeacherConfig.cpu_budget(steps)
+    cfg.sac = dataclasses.replace(cfg.sac, warmup_steps=500, initial_alpha=0.05)
+    return dataclasses.replace(cfg, log_every=500, checkpoint_every=1000)
+
+
+class RandomPolicy:
+    """Uniform random motor commands for N vehicles."""
+
+    num_teachers = N
+
+    def __init__(self) -> None:
+        self.gen = torch.Generator().manual_seed(0)
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.rand(N, 4, generator=self.gen) * 2 - 1
+
+
+def test_tiny_run_beats_random_policy_and_logs(tmp_path):
+    params = preset("crazyflie", N)
+    teachers = train_teachers(
+        params, tiny_config(2500), make_env, seed=0, progress=False, run_dir=tmp_path
+    )
+    assert teachers.num_teachers == N and len(teachers.train_returns) == N
+    trained = teachers.evaluate(make_env(params, 123, "cpu"), episodes=4)
+    random = Teachers.evaluate(RandomPolicy(), make_env(params, 123, "cpu"), episodes=4)
+    assert trained.shape == (N,) and torch.isfinite(trained).all()
+    assert (trained > random + 20).all(), (trained, random)
+    steps, median = read_metric(tmp_path, "return/q50")
+    assert steps.tolist() == [500, 1000, 1500, 2000, 2500] and np.isfinite(median).all()
+    assert len(read_metric(tmp_path, f"teacher_return/{N - 1:04d}")[0]) == 5
+    # The final checkpoint holds the same actors.
+    saved = load_policy(tmp_path / "checkpoints" / "latest")
+    obs = torch.randn(N, 26)
+    assert torch.equal(saved.act(obs), teachers.act(obs))
+
+
+def test_resumed_run_continues_from_its_checkpoint(tmp_path):
+    params = sample_params(2, seed=5)
+    cfg = dataclasses.replace(tiny_config(1000), checkpoint_every=600)
+    cfg.sac = dataclasses.replace(cfg.sac, warmup_steps=300, batch_size=32)
+    short = dataclasses.replace(cfg, steps=600)
+    train_teachers(params, short, make_env, seed=1, progress=False, run_dir=tmp_path)
+    resumed = train_teachers(params, cfg, make_env, seed=1, progress=False, run_dir=tmp_path)
+    steps, _ = read_metric(tmp_path, "return/q50")
+    assert steps.tolist() == [500, 600, 1000]  # the first run logged 500 and its end, 600
+    state = torch.load(tmp_path / "checkpoints/latest/train_state.pt", weights_only=False)
+    assert state["step"] == 1000 and state["replay"]["size"] == 1000
+    assert torch.equal(
+        load_policy(tmp_path / "checkpoints/latest").act(torch.ones(2, 26)),
+        resumed.act(torch.ones(2, 26)),
+    )
+
+
+def test_save_load_round_trip_gives_identical_actions(tmp_path):
+    torch.manual_seed(0)
+    teachers = Teachers(3, actor_hidden=(16, 8), train_returns=[1.0, 2.0, 3.0])
+    obs = np.random.default_rng(0).normal(size=(3, 26)).astype(np.float32)
+    teachers.save(tmp_path / "t")
+    loaded = Teachers.load(tmp_path / "t")
+    assert isinstance(load_policy(tmp_path / "t"), Teachers)
+    assert loaded.train_returns == [1.0, 2.0, 3.0] and loaded.actor_hidden == (16, 8)
+    np.testing.assert_array_equal(loaded.act(obs), teachers.act(obs))
+    action = loaded.act(torch.from_numpy(obs))
+    assert isinstance(action, torch.Tensor) and action.shape == (3, 4)
+    assert (action.abs() < 1).all()
