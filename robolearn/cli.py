@@ -492,6 +492,8 @@ def cmd_train(cfg: DictConfig) -> int:
 def cmd_eval(cfg: DictConfig) -> int:
     run_dir = make_run_dir(cfg, "eval")
     policy = make_policy(cfg)
+    if cfg.env.get("protocol") == "raptor":
+        return _eval_quadrotor(cfg, policy, run_dir)
     evaluate(
         cfg,
         policy,
@@ -501,6 +503,31 @@ def cmd_eval(cfg: DictConfig) -> int:
         f"{policy.policy_type} on {cfg.env.id}",
         extra={"policy": cfg.policy.get("path", policy.policy_type)},
     )
+    return 0
+
+
+def _eval_quadrotor(cfg: DictConfig, policy: Policy, run_dir: Path) -> int:
+    """RAPTOR's protocol: ``episodes`` held-out vehicles plus the presets (reference §11)."""
+    from robolearn.algos.raptor.evaluate import HELD_OUT_SEED, evaluate_quadrotor
+
+    _say(
+        f"evaluating on {cfg.episodes} held-out vehicles (seeds {HELD_OUT_SEED}..) and the "
+        "crazyflie and x500 presets"
+    )
+    result = evaluate_quadrotor(
+        policy,
+        vehicles=cfg.episodes,
+        progress=cfg.progress,
+        out_dir=run_dir,
+        title=f"{policy.policy_type} on quadrotors",
+    )
+    held = result["held_out"]
+    _say(
+        f"survival {held['survival_rate']:.1%}, final error median "
+        f"{100 * held['final_error']['median']:.1f} cm (mean "
+        f"{100 * held['final_error']['mean']:.1f}, p90 {100 * held['final_error']['p90']:.1f})"
+    )
+    _say(f"report: {run_dir / 'report.md'}; plots and trajectories.mp4 in {run_dir}")
     return 0
 
 

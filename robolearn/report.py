@@ -31,7 +31,7 @@ def write_video(path: Path, videos: Sequence[np.ndarray], fps: float) -> Path | 
 
 def plot_rollout(path: Path, result: RolloutResult, title: str) -> Path:
     """Per-episode return (coloured by success) and the episode-length histogram."""
-    plt = _pyplot()
+    plt = pyplot()
     returns = np.array([e.episode_return for e in result.episodes])
     lengths = np.array([e.length for e in result.episodes])
     success = np.array([e.success for e in result.episodes])
@@ -53,7 +53,7 @@ def plot_rollout(path: Path, result: RolloutResult, title: str) -> Path:
     ax_len.set_ylabel("episodes")
     ax_len.legend()
     fig.suptitle(f"{title}: success {result.success_rate:.0%} over {len(returns)} episodes")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(
@@ -64,7 +64,7 @@ def plot_curves(
     log_y: bool = False,
 ) -> Path:
     """Line plot of named (x, y) curves, e.g. training and validation loss against steps."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, (x, y) in curves.items():
         if len(x):
@@ -75,7 +75,7 @@ def plot_curves(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_report(
@@ -96,7 +96,7 @@ def write_report(
     return json_path, md_path
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
@@ -106,11 +106,12 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write as PNG (creating folders) and close a matplotlib figure."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 

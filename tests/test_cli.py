@@ -235,3 +235,25 @@ def test_quadrotor_record_and_replay_with_the_released_policy(tmp_path):
     assert main(["replay", f"log={out}", "episode=1", f"run_dir={tmp_path / 'r'}", *QUICK]) == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["max_divergence"] == 0.0
+
+
+def test_quadrotor_eval_runs_the_raptor_protocol(tmp_path, capsys):
+    run = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "eval",
+                "env=quadrotor",
+                "policy=raptor_released",
+                "episodes=8",
+                f"run_dir={run}",
+                *QUICK,
+            ]
+        )
+        == 0
+    )
+    assert "survival" in capsys.readouterr().out
+    report = json.loads((run / "report.json").read_text())
+    assert report["held_out"]["episodes"] == 8 and len(report["held_out"]["per_vehicle"]) == 8
+    for name in ("trajectories.png", "figure_eight.png", "trajectories.mp4", "report.md"):
+        assert (run / name).exists(), name

@@ -41,7 +41,7 @@ import numpy as np
 
 from robolearn.envs import make_vector_env
 from robolearn.policy import Policy
-from robolearn.report import _pyplot, _save, write_report, write_video
+from robolearn.report import pyplot, save_figure, write_report, write_video
 from robolearn.robots.quadrotor import CLIP_POSITION, CLIP_VELOCITY, CONTROL_HZ
 from robolearn.utils import progress_bar
 
@@ -440,7 +440,7 @@ def plot_trajectories(
 ) -> Path:
     """x, y, z (relative to the target) against time: first episode of each preset run, then
     ``shown`` held-out vehicles; crashed episodes end at their termination."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = [(name, f, 0) for name, f in traces.items()]
     panels += [
         (f"held-out seed {held_out.seeds[i]} (m={held_out.vehicle['mass'][i]:.2g} kg)", held_out, i)
@@ -460,12 +460,12 @@ def plot_trajectories(
         ax.legend(fontsize=7, loc="upper right")
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_error_distribution(path: Path, held_out: Flight) -> Path:
     """Histogram (log bins) and CDF of the held-out final errors, with the re-run's numbers."""
-    plt = _pyplot()
+    plt = pyplot()
     final = held_out.final_errors
     final = 100 * final[np.isfinite(final)]
     fig, (ax_hist, ax_cdf) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -491,12 +491,12 @@ def plot_error_distribution(path: Path, held_out: Flight) -> Path:
         f"{held_out.survived.sum()}/{len(held_out.seeds)} held-out vehicles survive; "
         "final error of survivors"
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_error_over_time(path: Path, held_out: Flight) -> Path:
     """Median and 10-90 % band of the held-out position error against time (survivors)."""
-    plt = _pyplot()
+    plt = pyplot()
     errors = 100 * held_out.errors[held_out.survived]
     t = _time_axis(held_out.errors.shape[1])[1:]
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -508,7 +508,7 @@ def plot_error_over_time(path: Path, held_out: Flight) -> Path:
     ax.set_ylabel("position error (cm)")
     ax.set_title("held-out vehicles (survivors)")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _figure_eight_paths(flight: Flight) -> tuple[np.ndarray, np.ndarray]:
@@ -525,7 +525,7 @@ def _figure_eight_paths(flight: Flight) -> tuple[np.ndarray, np.ndarray]:
 
 def plot_figure_eight(path: Path, flights: Mapping[str, Flight]) -> Path:
     """The flown x-y path against the figure-eight reference, one panel per preset."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(flights), figsize=(5 * len(flights), 3.8), squeeze=False)
     for ax, (name, flight) in zip(axes.flat, flights.items()):
         flown, reference = _figure_eight_paths(flight)
@@ -537,7 +537,7 @@ def plot_figure_eight(path: Path, flights: Mapping[str, Flight]) -> Path:
         ax.set_ylabel("y (m)")
         ax.set_title(f"{name}: RMS {rms:.1f} cm")
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def animate(
@@ -550,7 +550,7 @@ def animate(
 ) -> Path | None:
     """An MP4 of the trajectories growing over time: the figure-eight flights (x-y, with the
     moving reference point) and ``shown`` held-out vehicles (x-z relative to the target)."""
-    plt = _pyplot()
+    plt = pyplot()
     panels: list[tuple[str, np.ndarray, np.ndarray | None]] = []
     for name, flight in eights.items():
         flown, reference = _figure_eight_paths(flight)
