@@ -157,6 +157,9 @@ def validate(cfg: DictConfig, verb: str) -> None:
             need("policy.noise", isinstance(noise, (int, float)) and noise >= 0, "must be >= 0")
     if verb == "train":
         need("algo.name", cfg.algo.name in TRAINERS, f"must be one of {sorted(TRAINERS)}")
+        if cfg.algo.name == "raptor":
+            raptor_config(cfg)
+            return
         bc_config(cfg)
         obs_keys = cfg.algo.obs_keys
         need(
@@ -408,7 +411,30 @@ def cmd_record(cfg: DictConfig) -> int:
     return 0
 
 
+def raptor_config(cfg: DictConfig) -> Any:
+    """The RaptorConfig of ``cfg.algo``; bad values raise ConfigError naming the key."""
+    from robolearn.algos.batched_sac import BatchedSACConfig
+    from robolearn.algos.raptor.distill import DistillConfig
+    from robolearn.algos.raptor.pipeline import RaptorConfig
+    from robolearn.algos.raptor.teachers import TeacherConfig
+
+    algo = OmegaConf.to_container(cfg.algo, resolve=True)
+    try:
+        teacher = dict(algo["teacher"])
+        teacher["sac"] = BatchedSACConfig(**teacher["sac"])
+        return RaptorConfig(
+            teachers=algo["teachers"],
+            vehicle_seed=algo["vehicle_seed"],
+            teacher=TeacherConfig(**teacher),
+            distill=DistillConfig(**algo["distill"]),
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"algo: {err}") from None
+
+
 def cmd_train(cfg: DictConfig) -> int:
+    if cfg.algo.name == "raptor":
+        return _train_raptor(cfg)
     from robolearn.algos.bc import default_obs_keys, train_bc
     from robolearn.report import plot_curves
     from robolearn.training import read_metric
@@ -486,6 +512,41 @@ def cmd_train(cfg: DictConfig) -> int:
             "train_steps": bc_cfg.steps,
         },
     )
+    return 0
+
+
+def _train_raptor(cfg: DictConfig) -> int:
+    """Sample vehicles, train teachers, distil the student, then evaluate it next to the
+    released RAPTOR policy on the same held-out vehicles."""
+    from robolearn.algos.raptor.baseline import ReleasedRaptorPolicy
+    from robolearn.algos.raptor.evaluate import REFERENCE_RERUN, compare_quadrotor_policies
+    from robolearn.algos.raptor.pipeline import train_raptor
+
+    cfg.env.name = "quadrotor"
+    run_dir = make_run_dir(cfg, "train")
+    _say(f"run folder: {run_dir}")
+    student, summary = train_raptor(
+        raptor_config(cfg),
+        _import_string(cfg.algo.vehicle_sampler),
+        _import_string(cfg.algo.env_factory),
+        run_dir,
+        seed=int(cfg.seed),
+        device=resolve_device(cfg.device),
+        progress=cfg.progress,
+        say=_say,
+    )
+    _say(f"student: {summary['policy']}; exports in {run_dir / 'export'}")
+    _say(f"evaluating on {cfg.algo.eval_vehicles} held-out vehicles next to the released policy")
+    comparison = compare_quadrotor_policies(
+        {"ours": student, "released": ReleasedRaptorPolicy()},
+        vehicles=cfg.algo.eval_vehicles,
+        preset_episodes=cfg.algo.eval_preset_episodes,
+        progress=cfg.progress,
+        out_dir=run_dir / "eval",
+        reference=REFERENCE_RERUN,
+    )
+    print(comparison["table"])
+    _say(f"report: {run_dir / 'eval' / 'report.md'}")
     return 0
 
 
@@ -645,7 +706,7 @@ def _describe_space(space: Any) -> dict[str, Any]:
     return {"shape": list(space.shape), "dtype": str(space.dtype)}
 
 
-TRAINERS = {"bc"}
+TRAINERS = {"bc", "raptor"}
 VERBS: dict[str, Callable[[DictConfig], int]] = {
     "record": cmd_record,
     "train": cmd_train,

@@ -257,3 +257,32 @@ def test_quadrotor_eval_runs_the_raptor_protocol(tmp_path, capsys):
     assert report["held_out"]["episodes"] == 8 and len(report["held_out"]["per_vehicle"]) == 8
     for name in ("trajectories.png", "figure_eight.png", "trajectories.mp4", "report.md"):
         assert (run / name).exists(), name
+
+
+def test_raptor_pipeline_end_to_end_and_resume(tmp_path, capsys):
+    run = tmp_path / "raptor"
+    tiny = [
+        "algo=raptor_small",
+        "algo.teachers=2",
+        "algo.teacher.steps=400",
+        "algo.teacher.sac.warmup_steps=200",
+        "algo.teacher.sac.batch_size=32",
+        "algo.distill.epochs=2",
+        "algo.distill.episode_steps=50",
+        "algo.distill.episodes_per_teacher=2",
+        "algo.eval_vehicles=4",
+    ]
+    assert main(["train", *tiny, f"run_dir={run}", *QUICK]) == 0
+    for name in (
+        "teachers/policy.json",
+        "policy/policy.json",
+        "export/raptor_student.py",
+        "export/raptor_student.h",
+        "distill.png",
+        "eval/report.md",
+    ):
+        assert (run / name).exists(), name
+    assert "| held-out survival (%) |" in capsys.readouterr().out
+    # A resumed run reuses the trained teachers instead of training them again.
+    assert main(["train", f"resume={run}", *QUICK]) == 0
+    assert "loading the 2 trained teachers" in capsys.readouterr().out

@@ -1,0 +1,103 @@
+"""The whole RAPTOR recipe in one call: sample vehicles, train a teacher per vehicle, distil
+them into the student, export it.
+
+Each stage writes into the run folder and is skipped when its output is already there, so an
+interrupted run resumes at the stage it was in (teacher training also resumes mid-stage from
+its own checkpoint). The simulator is passed in (``sample_vehicles``, ``env_factory``), so this
+core module never imports ``sims``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from robolearn.algos.raptor.distill import DistillConfig, distill
+from robolearn.algos.raptor.export import export_c_header, export_numpy
+from robolearn.algos.raptor.student import StudentPolicy
+from robolearn.algos.raptor.teachers import TeacherConfig, Teachers, train_teachers
+from robolearn.report import plot_curves
+
+
+@dataclasses.dataclass
+class RaptorConfig:
+    """Population size, seeds and the two stages' configurations."""
+
+    teachers: int = 1000
+    vehicle_seed: int = 0  # vehicles come from sample_vehicles(teachers, vehicle_seed)
+    teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+
+
+def train_raptor(
+    cfg: RaptorConfig,
+    sample_vehicles: Callable[[int, int], Any],
+    env_factory: Callable[[Any, int, str], Any],
+    run_dir: Path,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> tuple[StudentPolicy, dict[str, Any]]:
+    """Run (or resume) the pipeline in ``run_dir``; return the student and a summary.
+
+    Writes ``teachers/`` (all teacher actors), ``policy/`` (the student checkpoint),
+    ``export/raptor_student.py`` and ``export/raptor_student.h``, ``distill.png`` and
+    ``raptor_summary.json``.
+    """
+    run_dir = Path(run_dir)
+    params = sample_vehicles(cfg.teachers, cfg.vehicle_seed)
+    teachers_dir = run_dir / "teachers"
+    if (teachers_dir / "policy.json").exists():
+        say(f"teachers: loading the {cfg.teachers} trained teachers from {teachers_dir}")
+        teachers = Teachers.load(teachers_dir, device=device)
+    else:
+        say(f"teachers: training {cfg.teachers} SAC teachers for {cfg.teacher.steps} steps each")
+        teachers = train_teachers(
+            params,
+            cfg.teacher,
+            env_factory,
+            seed,
+            device,
+            progress,
+            run_dir=run_dir / "teacher_training",
+        )
+        teachers.save(teachers_dir)
+    teacher_returns = teachers.train_returns or []
+
+    say(f"distillation: {cfg.distill.epochs} epochs over {cfg.teachers} vehicles")
+    env = env_factory(params, seed + 1, device)
+    student, curves = distill(
+        env, teachers, cfg.distill, run_dir / "distill_training", seed, device, progress
+    )
+    policy_dir = student.save(run_dir / "policy")
+    (run_dir / "export").mkdir(parents=True, exist_ok=True)
+    export_numpy(student, run_dir / "export" / "raptor_student.py")
+    export_c_header(student, run_dir / "export" / "raptor_student.h")
+    epochs = range(1, len(curves["loss"]) + 1)
+    plot_curves(
+        run_dir / "distill.png",
+        {"imitation loss": (list(epochs), curves["loss"])},
+        "distillation",
+        "MSE (teacher action)",
+        log_y=True,
+    )
+    summary = {
+        "teachers": cfg.teachers,
+        "teacher_steps": cfg.teacher.steps,
+        "teacher_train_return_median": _median(teacher_returns),
+        "distill_epochs": cfg.distill.epochs,
+        "best_student_return": max(curves["student_return"]),
+        "final_imitation_loss": curves["loss"][-1],
+        "policy": str(policy_dir),
+    }
+    (run_dir / "raptor_summary.json").write_text(json.dumps(summary, indent=2))
+    return student, summary
+
+
+def _median(values: list[float]) -> float | None:
+    finite = sorted(v for v in values if v == v)
+    return finite[len(finite) // 2] if finite else None
