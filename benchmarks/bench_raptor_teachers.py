@@ -1,0 +1,247 @@
+"""RAPTOR teachers: batched SAC vs stable-baselines3 on one quadrotor, and batched throughput.
+
+(a) Validation: one x500 in the teacher MDP, the same step budget and hyperparameters for our
+batched SAC at N = 1, SB3 SAC and SB3 TD3; final deterministic return on the same evaluation
+episodes, over a few seeds, plus wall time. SB3 trains on ``robolearn/Quadrotor-v0`` with the
+observation errors unclipped and the motor states appended, i.e. the same 26-D teacher
+observation and MDP as ``QuadrotorTorchEnv``; every policy is evaluated on ``QuadrotorTorchEnv``.
+
+(b) Throughput: teacher-steps per second (env step + SAC update, every teacher) of batched
+training at N = 1, 10, 100, 1000 with RAPTOR's networks and with the CPU preset, and how many
+steps per teacher fit in 45 minutes at N = 1000.
+
+(c) ``--budget STEPS``: the return that the 45-minute budget of (b) buys, on 8 sampled vehicles
+(its own section).
+
+Run: ``python -m benchmarks.bench_raptor_teachers [--steps 15000] [--seeds 2]`` for (a) and (b),
+``python -m benchmarks.bench_raptor_teachers --budget 8000`` for (c).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from benchmarks.report import median_time, table, write_section
+from robolearn.algos.batched_sac import BatchedReplay, BatchedSAC
+from robolearn.algos.raptor.teachers import TeacherConfig, Teachers, train_teachers
+from sims.quadrotor.params import preset, sample_params
+from sims.quadrotor.torch_env import QuadrotorTorchEnv
+
+VEHICLE = "x500"
+EVAL_EPISODES = 20
+EVAL_SEED = 10_000
+BUDGET_S = 45 * 60
+
+
+class TeacherObservation(gym.ObservationWrapper):
+    """``robolearn/Quadrotor-v0`` (unclipped errors) with the motor states appended: the 26-D
+    teacher observation of ``QuadrotorTorchEnv``."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (26,), np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        motors = self.env.unwrapped.batch.state[0, 13:17].cpu().numpy()
+        return np.concatenate([observation, motors]).astype(np.float32)
+
+
+def evaluate(act, seed: int = EVAL_SEED) -> float:
+    """Mean return of a deterministic (1, 26) -> (1, 4) policy on fixed evaluation episodes."""
+    env = QuadrotorTorchEnv(preset(VEHICLE, 1), seed=seed)
+    total, episodes = 0.0, 0
+    obs = env.reset()
+    episode_return = 0.0
+    while episodes < EVAL_EPISODES:
+        obs, reward, terminated, truncated = env.step(act(obs))
+        episode_return += float(reward[0])
+        if bool(terminated[0] | truncated[0]):
+            total, episodes, episode_return = total + episode_return, episodes + 1, 0.0
+            obs = env.reset()
+    return total / EVAL_EPISODES
+
+
+def run_ours(cfg: TeacherConfig, seed: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    teachers = train_teachers(preset(VEHICLE, 1), cfg, QuadrotorTorchEnv, seed, progress=False)
+    wall = time.perf_counter() - start
+    return evaluate(teachers.act), wall
+
+
+def run_sb3(algo: str, cfg: TeacherConfig, seed: int) -> tuple[float, float]:
+    from stable_baselines3 import SAC, TD3
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    import sims  # noqa: F401 - registers robolearn/Quadrotor-v0
+
+    sac = cfg.sac
+    env = TeacherObservation(
+        gym.make("robolearn/Quadrotor-v0", params=VEHICLE, clip_observation=False)
+    )
+    common = dict(
+        learning_rate=sac.actor_lr,
+        buffer_size=cfg.steps,
+        learning_starts=sac.warmup_steps,
+        batch_size=sac.batch_size,
+        tau=sac.tau,
+        gamma=sac.gamma,
+        policy_kwargs=dict(net_arch=dict(pi=list(sac.actor_hidden), qf=list(sac.critic_hidden))),
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    if algo == "SAC":
+        model = SAC("MlpPolicy", env, ent_coef=f"auto_{sac.initial_alpha}", **common)
+    else:
+        noise = NormalActionNoise(np.zeros(4), 0.1 * np.ones(4))
+        model = TD3("MlpPolicy", env, action_noise=noise, policy_delay=sac.actor_every, **common)
+    start = time.perf_counter()
+    model.learn(cfg.steps)
+    wall = time.perf_counter() - start
+    return evaluate(lambda obs: torch.as_tensor(model.predict(obs.numpy(), True)[0])), wall
+
+
+def validation(steps: int, seeds: int) -> str:
+    cfg = TeacherConfig.cpu_budget(steps)
+    runs = {"robolearn batched SAC (N=1)": run_ours}
+    runs |= {f"SB3 {a}": (lambda c, s, a=a: run_sb3(a, c, s)) for a in ("SAC", "TD3")}
+    rows = []
+    for name, fn in runs.items():
+        results = [fn(cfg, seed) for seed in range(seeds)]
+        returns = [r for r, _ in results]
+        walls = [w for _, w in results]
+        print(name, returns, walls, flush=True)
+        rows.append(
+            [
+                name,
+                ", ".join(f"{r:.0f}" for r in returns),
+                f"{np.mean(returns):.0f}",
+                f"{np.mean(walls):.0f}",
+                f"{steps / np.mean(walls):.0f}",
+            ]
+        )
+    untrained = Teachers(1, actor_hidden=cfg.sac.actor_hidden)
+    rows.append(["untrained actor (reference)", "", f"{evaluate(untrained.act):.0f}", "", ""])
+    header = ["agent", "return per seed", "mean return", "wall s", "steps/s"]
+    return (
+        f"(a) One {VEHICLE}, {steps} env steps per run, {seeds} seeds, identical hyperparameters "
+        f"(`TeacherConfig.cpu_budget`: actor {tuple(cfg.sac.actor_hidden)}, critics "
+        f"{tuple(cfg.sac.critic_hidden)}, batch {cfg.sac.batch_size}, warm-up "
+        f"{cfg.sac.warmup_steps}, lr {cfg.sac.actor_lr}); return = mean undiscounted return of "
+        f"the deterministic policy over {EVAL_EPISODES} fixed evaluation episodes (500 steps "
+        "max, -100 on termination; a perfect hover scores ~750).\n\n" + table(header, rows)
+    )
+
+
+def training_step_time(cfg: TeacherConfig, n: int, repeats: int) -> float:
+    """Median seconds of one training step of N teachers (act, env step, replay add, update)."""
+    sac = cfg.sac
+    env = QuadrotorTorchEnv(sample_params(n, seed=0), seed=0)
+    agents = BatchedSAC(n, env.obs_dim, env.act_dim, sac)
+    replay = BatchedReplay(n, 2 * sac.batch_size, env.obs_dim, env.act_dim, torch.device("cpu"))
+    obs = [env.reset()]
+    for _ in range(sac.batch_size):  # enough transitions to sample a batch
+        action = torch.rand(n, 4) * 2 - 1
+        next_obs, reward, terminated, _ = env.step(action)
+        replay.add(obs[0], action, reward, next_obs, terminated)
+        obs[0] = env.reset(terminated)
+    count = [0]
+
+    def step() -> None:
+        action = agents.act(obs[0])
+        next_obs, reward, terminated, truncated = env.step(action)
+        replay.add(obs[0], action, reward, next_obs, terminated)
+        done = terminated | truncated
+        obs[0] = env.reset(done) if bool(done.any()) else next_obs
+        agents.update(replay.sample(sac.batch_size), count[0] % sac.actor_every == 0)
+        count[0] += 1
+
+    return median_time(step, repeats=repeats, warmup=1)
+
+
+def throughput() -> str:
+    configs = {"RAPTOR (3x64 actor, 3x256 critics, batch 128)": TeacherConfig()}
+    configs["CPU preset (2x64 actor, 2x64 critics, batch 64)"] = TeacherConfig.cpu_budget()
+    rows, per_teacher_budget = [], {}
+    for name, cfg in configs.items():
+        for n in (1, 10, 100, 1000):
+            repeats = 20 if n <= 10 else (5 if n == 100 else 3)
+            seconds = training_step_time(cfg, n, repeats)
+            print(name, n, seconds, flush=True)
+            rows.append([name, n, f"{seconds * 1e3:.1f}", f"{n / seconds:,.0f}"])
+            if n == 1000:
+                per_teacher_budget[name] = BUDGET_S / seconds
+    header = ["config", "N teachers", "ms per training step", "teacher-steps/s"]
+    lines = [
+        f"- {name}: {steps:,.0f} steps per teacher in 45 min at N = 1000"
+        f" ({steps / 1e6:.2%} of RAPTOR's 1M)"
+        for name, steps in per_teacher_budget.items()
+    ]
+    return (
+        "(b) Batched training throughput (1 torch thread; one training step = every teacher "
+        "acts, its env steps, one SAC update per teacher).\n\n"
+        + table(header, rows)
+        + "\n\n"
+        + "\n".join(lines)
+    )
+
+
+def budget_run(steps: int, n: int) -> str:
+    """Train ``n`` sampled vehicles' teachers for ``steps`` steps with the CPU preset."""
+    params = sample_params(n, seed=0)
+    cfg = TeacherConfig.cpu_budget(steps)
+    start = time.perf_counter()
+    teachers = train_teachers(params, cfg, QuadrotorTorchEnv, seed=0, progress=False)
+    wall = time.perf_counter() - start
+    trained = teachers.evaluate(QuadrotorTorchEnv(params, seed=EVAL_SEED), EVAL_EPISODES)
+    untrained = Teachers(n, actor_hidden=cfg.sac.actor_hidden)
+    before = untrained.evaluate(QuadrotorTorchEnv(params, seed=EVAL_SEED), EVAL_EPISODES)
+    rows = [
+        [
+            i,
+            f"{params.mass[i]:.3f}",
+            f"{params.thrust_to_weight[i]:.2f}",
+            f"{before[i]:.0f}",
+            f"{trained[i]:.0f}",
+        ]
+        for i in range(n)
+    ]
+    header = ["vehicle", "mass kg", "T/W", "untrained return", "trained return"]
+    return (
+        f"(c) {n} vehicles from RAPTOR's distribution (`sample_params({n}, seed=0)`), "
+        f"{steps} steps per teacher with `TeacherConfig.cpu_budget` (about what fits in 45 min "
+        f"at N = 1000, see (b)); trained in {wall:.0f} s at N = {n}; return of the "
+        f"deterministic teachers over {EVAL_EPISODES} evaluation episodes each. Median trained "
+        f"{trained.median():.0f} vs untrained {before.median():.0f}; RAPTOR's distillation "
+        f"requires >= 300 per teacher; {int((trained >= 300).sum())}/{n} reach it.\n\n"
+        + table(header, rows)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=15_000)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=0,
+        help="instead of (a) and (b): train 8 sampled vehicles for this many steps each (c)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.budget:
+        title = "RAPTOR teachers at the CPU budget"
+        write_section("raptor-teachers-budget", title, budget_run(args.budget, 8))
+        return
+    body = throughput() + "\n\n" + validation(args.steps, args.seeds)
+    write_section("raptor-teachers", "RAPTOR teachers (batched SAC)", body)
+
+
+if __name__ == "__main__":
+    main()
