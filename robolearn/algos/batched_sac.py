@@ -57,7 +57,8 @@ class BatchedSACConfig:
     batch_size: int = 128
     buffer_size: int = 1_000_000
     warmup_steps: int = 10_000
-    actor_every: int = 2
+    update_every: int = 1  # env steps per gradient step (Learning to Fly: critic every 10)
+    actor_every: int = 2  # gradient steps per actor (and alpha) step
     target_entropy: float | None = None  # None: -act_dim
     initial_alpha: float = 1.0
 
@@ -196,6 +197,17 @@ class BatchedSAC(nn.Module):
         return metrics
 
 
+def update_due(cfg: BatchedSACConfig, step: int, replay_size: int) -> bool:
+    """Whether env step ``step`` is followed by a gradient step."""
+    warm = step >= cfg.warmup_steps and replay_size >= cfg.batch_size
+    return warm and step % cfg.update_every == 0
+
+
+def actor_due(cfg: BatchedSACConfig, step: int) -> bool:
+    """Whether that gradient step also updates the actor and the temperature."""
+    return (step // cfg.update_every) % cfg.actor_every == 0
+
+
 def train_batched_sac(
     env: BatchedTorchEnv,
     cfg: BatchedSACConfig,
@@ -232,8 +244,8 @@ def train_batched_sac(
             returns[done] = 0.0
             next_obs = env.reset(done)
         obs = next_obs
-        if step >= cfg.warmup_steps and replay.size >= cfg.batch_size:
-            agents.update(replay.sample(cfg.batch_size), (step % cfg.actor_every) == 0)
+        if update_due(cfg, step, replay.size):
+            agents.update(replay.sample(cfg.batch_size), actor_due(cfg, step))
         bar.update(1)
     bar.close()
     return agents, recent.nanmean(dim=1)

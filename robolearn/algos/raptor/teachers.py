@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from robolearn.algos.batched_sac import BatchedReplay, BatchedSAC, BatchedSACConfig, BatchedTorchEnv
+from robolearn.algos.batched_sac import (
+    BatchedReplay,
+    BatchedSAC,
+    BatchedSACConfig,
+    BatchedTorchEnv,
+    actor_due,
+    update_due,
+)
 from robolearn.nets.batched import BatchedMLP
 from robolearn.policy import WEIGHTS_FILE, Observation, Policy, read_policy_file
 from robolearn.training import Checkpointer, MetricLog
@@ -297,9 +304,9 @@ def train_teachers(
             episode_steps = episode_steps.masked_fill(done, 0)
             next_obs = env.reset(done)
         obs = next_obs
-        if step >= sac.warmup_steps and replay.size >= sac.batch_size:
+        if update_due(sac, step, replay.size):
             batch = replay.sample(sac.batch_size, generator=sampler)
-            metrics = agents.update(batch, (step % sac.actor_every) == 0)
+            metrics = agents.update(batch, actor_due(sac, step))
         bar.update(1)
         done_steps = step + 1
         if log is not None and (done_steps % cfg.log_every == 0 or done_steps == cfg.steps):
