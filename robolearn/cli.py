@@ -425,6 +425,7 @@ def raptor_config(cfg: DictConfig) -> Any:
         return RaptorConfig(
             teachers=algo["teachers"],
             vehicle_seed=algo["vehicle_seed"],
+            workers=algo["workers"],
             teacher=TeacherConfig(**teacher),
             distill=DistillConfig(**algo["distill"]),
         )

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from robolearn.algos.raptor.distill import DistillConfig, distill
 from robolearn.algos.raptor.export import export_c_header, export_numpy
 from robolearn.algos.raptor.student import StudentPolicy
@@ -28,6 +30,7 @@ class RaptorConfig:
 
     teachers: int = 1000
     vehicle_seed: int = 0  # vehicles come from sample_vehicles(teachers, vehicle_seed)
+    workers: int = 1  # > 1: teacher training fans out over Ray tasks (a local Ray by default)
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
@@ -55,16 +58,24 @@ def train_raptor(
         say(f"teachers: loading the {cfg.teachers} trained teachers from {teachers_dir}")
         teachers = Teachers.load(teachers_dir, device=device)
     else:
-        say(f"teachers: training {cfg.teachers} SAC teachers for {cfg.teacher.steps} steps each")
-        teachers = train_teachers(
-            params,
-            cfg.teacher,
-            env_factory,
-            seed,
-            device,
-            progress,
-            run_dir=run_dir / "teacher_training",
+        say(
+            f"teachers: training {cfg.teachers} SAC teachers for {cfg.teacher.steps} steps each"
+            + (f" on {cfg.workers} Ray workers" if cfg.workers > 1 else "")
         )
+        if cfg.workers > 1:
+            teachers = train_teachers_distributed(
+                params, cfg.teacher, env_factory, cfg.workers, seed, run_dir / "teacher_training"
+            )
+        else:
+            teachers = train_teachers(
+                params,
+                cfg.teacher,
+                env_factory,
+                seed,
+                device,
+                progress,
+                run_dir=run_dir / "teacher_training",
+            )
         teachers.save(teachers_dir)
     teacher_returns = teachers.train_returns or []
 
@@ -96,6 +107,56 @@ def train_raptor(
     }
     (run_dir / "raptor_summary.json").write_text(json.dumps(summary, indent=2))
     return student, summary
+
+
+def train_teachers_distributed(
+    params: Any,
+    cfg: TeacherConfig,
+    env_factory: Callable[[Any, int, str], Any],
+    workers: int,
+    seed: int,
+    run_dir: Path,
+) -> Teachers:
+    """Train the teachers in ``workers`` chunks of vehicles, one Ray task (one CPU) each.
+
+    Chunk ``k`` is exactly ``train_teachers(params.select(chunk_k), seed=seed + k)``, so a run
+    is reproducible whatever the cluster; each chunk checkpoints under ``run_dir/worker_<k>``
+    and resumes there. Ray connects to the cluster named by ``RAY_ADDRESS`` or starts a local
+    one. ``params`` must offer ``batch_size`` and ``select(indices)``.
+    """
+    import ray
+
+    chunks = [c.tolist() for c in torch.arange(params.batch_size).chunk(workers)]
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    task = ray.remote(num_cpus=1)(_train_chunk)
+    futures = [
+        task.remote(params.select(chunk), cfg, env_factory, seed + k, str(run_dir / f"worker_{k}"))
+        for k, chunk in enumerate(chunks)
+    ]
+    return concat_teachers(ray.get(futures))
+
+
+def _train_chunk(
+    params: Any, cfg: TeacherConfig, env_factory: Any, seed: int, run_dir: str
+) -> Teachers:
+    torch.set_num_threads(1)  # one CPU per task: more threads only contend
+    return train_teachers(params, cfg, env_factory, seed, "cpu", False, run_dir=run_dir)
+
+
+def concat_teachers(parts: list[Teachers]) -> Teachers:
+    """One ``Teachers`` holding every part's teachers, in order."""
+    first = parts[0]
+    returns = [r for p in parts for r in (p.train_returns or [float("nan")] * p.num_teachers)]
+    merged = Teachers(
+        sum(p.num_teachers for p in parts),
+        first.obs_dim,
+        first.act_dim,
+        first.actor_hidden,
+        returns,
+    )
+    states = [p.actor.state_dict() for p in parts]
+    merged.actor.load_state_dict({k: torch.cat([s[k] for s in states]) for k in states[0]})
+    return merged
 
 
 def _median(values: list[float]) -> float | None:
