@@ -503,11 +503,13 @@ def plot_error_over_time(path: Path, held_out: Flight) -> Path:
     if len(errors):
         ax.fill_between(t, *np.percentile(errors, [10, 90], axis=0), alpha=0.3, label="10-90 %")
         ax.plot(t, np.median(errors, axis=0), label="median")
-    ax.set_yscale("log")
+        ax.set_yscale("log")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no vehicle survived", ha="center", transform=ax.transAxes)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("position error (cm)")
     ax.set_title("held-out vehicles (survivors)")
-    ax.legend()
     return save_figure(fig, path)
 
 
