@@ -130,6 +130,8 @@ def test_record_resume_continues_to_the_episode_count(tmp_path):
         (["train", "algo.steps=abc"], "algo.steps='abc': must be an integer >= 1"),
         (["train", "algo.obs_keys=foo"], "algo.obs_keys='foo': must be null or a list"),
         (["eval", "device=cuda:7"], "device='cuda:7'"),
+        (["train", "algo=raptor", "algo.teachers=0"], "teachers=0: must be an integer >= 1"),
+        (["train", "algo=raptor", "algo.distill.lr=0"], "distill.lr=0: must be > 0"),
     ],
 )
 def test_bad_config_fails_with_one_clear_line(args, message, capsys, tmp_path, monkeypatch):

@@ -60,6 +60,17 @@ class DistillConfig:
     batch_episodes: int = 64
     lr: float = 1e-4
 
+    def __post_init__(self) -> None:
+        for name in ("epochs", "episodes_per_teacher", "episode_steps", "batch_episodes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"distill.{name}={getattr(self, name)!r}: must be an integer >= 1")
+        if not isinstance(self.teacher_forcing_epochs, int) or self.teacher_forcing_epochs < 0:
+            raise ValueError(
+                f"distill.teacher_forcing_epochs={self.teacher_forcing_epochs!r}: must be >= 0"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"distill.lr={self.lr!r}: must be > 0")
+
 
 @dataclasses.dataclass
 class Rollouts:

@@ -34,6 +34,15 @@ class RaptorConfig:
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
+    def __post_init__(self) -> None:
+        for name in ("teachers", "workers"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be an integer >= 1")
+        if self.workers > self.teachers:
+            raise ValueError(
+                f"workers={self.workers}: more workers than teachers ({self.teachers})"
+            )
+
 
 def train_raptor(
     cfg: RaptorConfig,
