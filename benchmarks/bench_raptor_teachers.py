@@ -10,8 +10,9 @@ observation and MDP as ``QuadrotorTorchEnv``; every policy is evaluated on ``Qua
 training at N = 1, 10, 100, 1000 with RAPTOR's networks and with the CPU preset, and how many
 steps per teacher fit in 45 minutes at N = 1000.
 
-(c) ``--budget STEPS``: the return that the 45-minute budget of (b) buys, on 8 sampled vehicles
-(its own section).
+(c) ``--budget STEPS``: the learning curve (evaluation return quantiles vs steps per teacher) and
+final returns of the CPU preset on 8 sampled vehicles plus the crazyflie and x500 presets (its own
+section).
 
 Run: ``python -m benchmarks.bench_raptor_teachers [--steps 15000] [--seeds 2]`` for (a) and (b),
 ``python -m benchmarks.bench_raptor_teachers --budget 8000`` for (c).
@@ -29,13 +30,15 @@ import torch
 from benchmarks.report import median_time, table, write_section
 from robolearn.algos.batched_sac import BatchedReplay, BatchedSAC
 from robolearn.algos.raptor.teachers import TeacherConfig, Teachers, train_teachers
-from sims.quadrotor.params import preset, sample_params
+from sims.quadrotor.params import QuadrotorParams, preset, sample_params
 from sims.quadrotor.torch_env import QuadrotorTorchEnv
 
 VEHICLE = "x500"
 EVAL_EPISODES = 20
 EVAL_SEED = 10_000
 BUDGET_S = 45 * 60
+#: RAPTOR's distillation requires this mean return of every teacher (raptor.md section 8).
+ACCEPT_RETURN = 300
 
 
 class TeacherObservation(gym.ObservationWrapper):
@@ -191,35 +194,77 @@ def throughput() -> str:
     )
 
 
-def budget_run(steps: int, n: int) -> str:
-    """Train ``n`` sampled vehicles' teachers for ``steps`` steps with the CPU preset."""
-    params = sample_params(n, seed=0)
+def budget_vehicles(n: int) -> QuadrotorParams:
+    """``n`` vehicles from RAPTOR's distribution plus the crazyflie and x500 presets."""
+    return QuadrotorParams.cat([sample_params(n, seed=0), preset("crazyflie"), preset(VEHICLE)])
+
+
+def budget_run(steps: int, n: int, points: int = 10) -> str:
+    """Train the teachers of ``budget_vehicles(n)`` for ``steps`` steps with the CPU preset,
+    evaluating the deterministic teachers ``points`` times along the way (learning curve)."""
+    params = budget_vehicles(n)
+    names = [str(i) for i in range(n)] + ["crazyflie", VEHICLE]
     cfg = TeacherConfig.cpu_budget(steps)
+    cfg.log_every = max(steps // points, 1)
+    eval_env = QuadrotorTorchEnv(params, seed=EVAL_SEED)
+    curve: list[tuple[int, torch.Tensor]] = []
+    eval_s = [0.0]
+
+    def record(step: int, teachers: Teachers) -> None:
+        start = time.perf_counter()
+        curve.append((step, teachers.evaluate(eval_env, EVAL_EPISODES)))
+        eval_s[0] += time.perf_counter() - start
+        print(step, curve[-1][1].median().item(), flush=True)
+
     start = time.perf_counter()
-    teachers = train_teachers(params, cfg, QuadrotorTorchEnv, seed=0, progress=False)
-    wall = time.perf_counter() - start
-    trained = teachers.evaluate(QuadrotorTorchEnv(params, seed=EVAL_SEED), EVAL_EPISODES)
-    untrained = Teachers(n, actor_hidden=cfg.sac.actor_hidden)
-    before = untrained.evaluate(QuadrotorTorchEnv(params, seed=EVAL_SEED), EVAL_EPISODES)
+    teachers = train_teachers(params, cfg, QuadrotorTorchEnv, 0, progress=False, callback=record)
+    wall = time.perf_counter() - start - eval_s[0]
+    if not curve or curve[-1][0] != steps:
+        record(steps, teachers)
+    trained = curve[-1][1]
+    untrained = Teachers(len(names), actor_hidden=cfg.sac.actor_hidden)
+    before = untrained.evaluate(eval_env, EVAL_EPISODES)
     rows = [
         [
-            i,
+            names[i],
             f"{params.mass[i]:.3f}",
             f"{params.thrust_to_weight[i]:.2f}",
             f"{before[i]:.0f}",
             f"{trained[i]:.0f}",
         ]
-        for i in range(n)
+        for i in range(len(names))
     ]
-    header = ["vehicle", "mass kg", "T/W", "untrained return", "trained return"]
+    curve_rows = [
+        [
+            step,
+            f"{torch.quantile(r, 0.1):.0f}",
+            f"{r.median():.0f}",
+            f"{torch.quantile(r, 0.9):.0f}",
+            f"{int((r >= ACCEPT_RETURN).sum())}/{len(names)}",
+        ]
+        for step, r in curve
+    ]
+    reached = [step for step, r in curve if r.median() >= ACCEPT_RETURN]
+    first = f"{reached[0]} steps per teacher" if reached else f"not reached in {steps} steps"
+    sac = cfg.sac
     return (
-        f"(c) {n} vehicles from RAPTOR's distribution (`sample_params({n}, seed=0)`), "
-        f"{steps} steps per teacher with `TeacherConfig.cpu_budget` (about what fits in 45 min "
-        f"at N = 1000, see (b)); trained in {wall:.0f} s at N = {n}; return of the "
-        f"deterministic teachers over {EVAL_EPISODES} evaluation episodes each. Median trained "
-        f"{trained.median():.0f} vs untrained {before.median():.0f}; RAPTOR's distillation "
-        f"requires >= 300 per teacher; {int((trained >= 300).sum())}/{n} reach it.\n\n"
-        + table(header, rows)
+        f"(c) {n} vehicles from RAPTOR's distribution (`sample_params({n}, seed=0)`) plus the "
+        f"crazyflie and {VEHICLE} presets, {steps} steps per teacher with "
+        f"`TeacherConfig.cpu_budget` (actor {tuple(sac.actor_hidden)}, critics "
+        f"{tuple(sac.critic_hidden)}, batch {sac.batch_size}, one update per "
+        f"{sac.update_every} env steps, initial alpha {sac.initial_alpha}, target entropy "
+        f"{sac.target_entropy}, hover-initialised actors: {cfg.hover_init}, normalised "
+        f"observations: {cfg.normalize_obs}, reward curriculum over the first "
+        f"{cfg.curriculum_steps} steps from {cfg.curriculum_start} x RAPTOR's action-change "
+        f"and orientation weights); trained in {wall:.0f} s at N = {len(names)} (evaluation "
+        f"excluded). Returns: deterministic teachers, {EVAL_EPISODES} evaluation episodes each "
+        f"in RAPTOR's MDP (RAPTOR's reward weights). Median >= {ACCEPT_RETURN} (RAPTOR's bar "
+        f"per teacher): {first}. Final median {trained.median():.0f} vs untrained "
+        f"{before.median():.0f}; {int((trained >= ACCEPT_RETURN).sum())}/{len(names)} teachers "
+        "reach the bar.\n\n"
+        + table(["steps per teacher", "q10", "median", "q90", f">= {ACCEPT_RETURN}"], curve_rows)
+        + "\n\n"
+        + table(["vehicle", "mass kg", "T/W", "untrained return", "trained return"], rows)
     )
 
 
@@ -231,7 +276,7 @@ def main() -> None:
         "--budget",
         type=int,
         default=0,
-        help="instead of (a) and (b): train 8 sampled vehicles for this many steps each (c)",
+        help="instead of (a) and (b): train 8 sampled vehicles and 2 presets this many steps (c)",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)

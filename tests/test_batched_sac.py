@@ -77,3 +77,20 @@ def test_short_run_learns_every_agent():
     assert train_returns.shape == (n,) and torch.isfinite(train_returns).all()
     assert (trained > still + 3.0).all(), (trained, still)
     assert (trained > -4.0).all(), trained  # drives |x| to near 0 within a few steps
+
+
+def test_observation_scale_and_hover_bias_survive_export():
+    """Scaled inputs fold into the first layer; a biased actor starts at its initial action."""
+    torch.manual_seed(0)
+    n, obs_dim = 3, 5
+    cfg = BatchedSACConfig(actor_hidden=(8,), critic_hidden=(8,))
+    start = torch.tensor([[-0.5], [0.0], [0.7]])
+    scale = torch.rand(n, obs_dim) * 10 + 0.1
+    agents = BatchedSAC(n, obs_dim, 1, cfg, initial_action=start, obs_scale=scale)
+    obs = torch.randn(n, obs_dim) * scale
+    torch.testing.assert_close(agents.act(obs, deterministic=True), start, atol=0.1, rtol=0)
+    raw = BatchedSAC(n, obs_dim, 1, cfg)
+    raw.actor.load_state_dict(agents.folded_actor_state())
+    torch.testing.assert_close(
+        raw.act(obs, deterministic=True), agents.act(obs, deterministic=True)
+    )

@@ -111,10 +111,33 @@ class BatchedReplay:
 class BatchedSAC(nn.Module):
     """N SAC agents: tanh-squashed Gaussian actors, twin critics with targets, learned alpha."""
 
-    def __init__(self, n: int, obs_dim: int, act_dim: int, cfg: BatchedSACConfig) -> None:
+    def __init__(
+        self,
+        n: int,
+        obs_dim: int,
+        act_dim: int,
+        cfg: BatchedSACConfig,
+        initial_action: torch.Tensor | None = None,
+        obs_scale: torch.Tensor | None = None,
+    ) -> None:
+        """Args:
+        n: Number of agents.
+        obs_dim, act_dim: Observation and action sizes.
+        cfg: Hyperparameters.
+        initial_action: Optional ``(n, act_dim)`` actions in (-1, 1) that each agent's mean
+            action starts at (e.g. each quadrotor's hover command); see :meth:`bias_actor`.
+        obs_scale: Optional ``(n, obs_dim)`` typical magnitudes of each agent's observation;
+            actors and critics see ``obs / obs_scale`` so that inputs of very different
+            units (a 5 kg vehicle's metres next to a 20 g one's) reach the first layer at
+            similar sizes. :meth:`folded_actor_state` bakes it into the first layer.
+        """
         super().__init__()
         self.n, self.act_dim, self.cfg = n, act_dim, cfg
         self.actor = BatchedMLP(n, obs_dim, cfg.actor_hidden, 2 * act_dim)
+        if initial_action is not None:
+            self.bias_actor(initial_action)
+        scale = torch.ones(n, obs_dim) if obs_scale is None else obs_scale.float().cpu()
+        self.register_buffer("obs_scale", scale[:, None, :].clone())
         self.q1 = BatchedMLP(n, obs_dim + act_dim, cfg.critic_hidden, 1)
         self.q2 = BatchedMLP(n, obs_dim + act_dim, cfg.critic_hidden, 1)
         self.q1_target = BatchedMLP(n, obs_dim + act_dim, cfg.critic_hidden, 1)
@@ -132,6 +155,20 @@ class BatchedSAC(nn.Module):
         self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
 
+    @torch.no_grad()
+    def bias_actor(self, action: torch.Tensor, weight_scale: float = 0.1) -> None:
+        """Start every actor's mean at ``action`` (n, act_dim), whatever the observation.
+
+        The output layer's mean weights are scaled by ``weight_scale`` and its mean bias set to
+        ``atanh(action)``: an untrained actor then commands about its own vehicle's hover thrust
+        instead of a random one, so early episodes last long enough to learn from.
+        """
+        last = self.actor[-1]
+        a = self.act_dim
+        last.weight[:, :, :a] *= weight_scale
+        target = action.to(last.bias).clamp(-0.99, 0.99).atanh()
+        last.bias[:, 0, :a] = target
+
     def sample_action(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised action in [-1, 1] and its log-probability: (N, B, act), (N, B, 1)."""
         mean, log_std = self.actor(obs).chunk(2, dim=-1)
@@ -145,9 +182,17 @@ class BatchedSAC(nn.Module):
         )
         return action, log_prob.sum(-1, keepdim=True)
 
+    def folded_actor_state(self) -> dict[str, torch.Tensor]:
+        """The actor's weights with the observation scale folded into the first layer: an
+        actor loaded from them maps raw observations to the same outputs."""
+        state = {k: v.detach().clone() for k, v in self.actor.state_dict().items()}
+        state["0.weight"] = state["0.weight"] / self.obs_scale.transpose(1, 2)
+        return state
+
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """One action per agent for (N, obs_dim) observations: (N, act_dim)."""
+        """One action per agent for (N, obs_dim) raw observations: (N, act_dim)."""
+        obs = obs / self.obs_scale[:, 0]
         if deterministic:
             mean, _ = self.actor(obs[:, None]).chunk(2, dim=-1)
             return torch.tanh(mean)[:, 0]
@@ -156,6 +201,7 @@ class BatchedSAC(nn.Module):
     def update(self, batch: dict[str, torch.Tensor], update_actor: bool) -> dict[str, float]:
         """One gradient step of every agent's critics (and actor and alpha if ``update_actor``)."""
         cfg = self.cfg
+        batch = batch | {k: batch[k] / self.obs_scale for k in ("obs", "next_obs")}
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
             next_action, next_log_prob = self.sample_action(batch["next_obs"])

@@ -49,6 +49,9 @@ from sims.quadrotor.params import INIT_POSITION_ARMS, TERMINATION_ARMS, Quadroto
 TEACHER_OBSERVATION_DIM = 26
 #: RAPTOR episodes: 500 steps = 5 s at 100 Hz.
 EPISODE_STEPS = 500
+#: RAPTOR's reward weights of the action change and of the orientation error (raptor.md §6).
+ACTION_CHANGE_WEIGHT = 1.0
+ORIENTATION_WEIGHT = 0.2
 
 
 class QuadrotorTorchEnv:
@@ -76,6 +79,8 @@ class QuadrotorTorchEnv:
         max_episode_steps: int = EPISODE_STEPS,
         terminate_on_velocity: bool = True,
         disturbance: bool = True,
+        action_change_weight: float = ACTION_CHANGE_WEIGHT,
+        orientation_weight: float = ORIENTATION_WEIGHT,
     ) -> None:
         self.device = torch.device(device)
         self.params = params.to(self.device, torch.float32)
@@ -83,6 +88,8 @@ class QuadrotorTorchEnv:
         self.max_episode_steps = max_episode_steps
         self.terminate_on_velocity = terminate_on_velocity
         self.disturbance = disturbance
+        self.action_change_weight = action_change_weight
+        self.orientation_weight = orientation_weight
         self.dynamics = QuadrotorDynamics(self.params)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         n = self.num_envs
@@ -167,6 +174,19 @@ class QuadrotorTorchEnv:
             clip_velocity=CLIP_VELOCITY,
         )
 
+    def hover_action(self) -> torch.Tensor:
+        """``(N, 4)`` normalised actions in [-1, 1] that hold each vehicle's weight."""
+        return 2.0 * self._hover - 1.0
+
+    def observation_scale(self) -> torch.Tensor:
+        """``(N, 26)`` typical magnitudes of the teacher observation's entries, for a learner's
+        input normalisation: positions in units of the initial range (10 arm lengths, from
+        0.3 m to 4 m over RAPTOR's vehicles), every other entry 1 (rotation entries, m/s, rad/s,
+        actions and motor states are already of order 1 at the start of an episode)."""
+        scale = torch.ones(self.num_envs, self.obs_dim, device=self.device)
+        scale[:, 0:3] = INIT_POSITION_ARMS * self._arm[:, None]
+        return scale
+
     def position_error(self) -> torch.Tensor:
         """``(N,)`` distance to the target ``||p - p_ref||``, m."""
         return self.state[:, POSITION].norm(dim=1)
@@ -192,7 +212,11 @@ class QuadrotorTorchEnv:
         terminated |= ~torch.isfinite(state).all(1)
         # Index 6 is the quaternion's z component, as QuadrotorBatch's reward uses it.
         orientation = torch.acos((1.0 - state[:, 6].abs()).clamp(-1.0, 1.0))
-        reward = 1.5 - (position.norm(dim=1) + 0.2 * orientation + d_action)
+        reward = 1.5 - (
+            position.norm(dim=1)
+            + self.orientation_weight * orientation
+            + self.action_change_weight * d_action
+        )
         reward = torch.where(terminated, torch.full_like(reward, TERMINATION_REWARD), reward)
         truncated = self.steps >= self.max_episode_steps
         return self.observe(), reward, terminated, truncated

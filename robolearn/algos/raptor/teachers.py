@@ -47,8 +47,11 @@ class TeacherConfig:
     """How to train the teachers.
 
     The defaults are RAPTOR's (``pre_training/config.h``, raptor.md section 7): SAC with a 3x64
-    actor and twin 3x256 critics, batch 128, 10k warm-up steps, 1M env steps per teacher,
-    500-step episodes. :meth:`cpu_budget` is the preset sized for a 2-core CPU.
+    actor and twin 3x256 critics, batch 128, 10k warm-up steps, target entropy -2, 1M env steps
+    per teacher, 500-step episodes; plus what made the CPU preset learn (initial alpha 0.05,
+    hover-initialised actors, a reward curriculum, here over the first
+    400k steps), which is measured only at the preset's scale. :meth:`cpu_budget` is the preset
+    sized for a 2-core CPU.
 
     Attributes:
         sac: SAC hyperparameters (networks, learning rates, batch, replay size, warm-up).
@@ -58,35 +61,70 @@ class TeacherConfig:
         log_every: Log the return statistics every this many steps (needs ``run_dir``).
         checkpoint_every: Write a resumable checkpoint every this many steps (needs ``run_dir``).
         return_window: A teacher's training return is the mean of its last this-many episodes.
+        hover_init: Start each actor's mean action at its vehicle's hover command (the env's
+            ``hover_action()``), so that the first episodes are near-hovers instead of crashes.
+        curriculum_steps: Learning to Fly's reward curriculum: the env's action-change and
+            orientation weights (``env.action_change_weight``, ``env.orientation_weight``)
+            ramp linearly from ``curriculum_start`` times their values to their values over
+            this many steps, then stay there (0: no curriculum). Only training is affected:
+            the returned teachers are judged on the env's own (RAPTOR's) weights.
+        curriculum_start: Fraction of the final weights at step 0.
+        normalize_obs: Divide the observations by the env's ``observation_scale()`` inside
+            the agents (folded into the exported actors' first layer).
     """
 
-    sac: BatchedSACConfig = dataclasses.field(default_factory=BatchedSACConfig)
+    sac: BatchedSACConfig = dataclasses.field(
+        default_factory=lambda: BatchedSACConfig(initial_alpha=0.05, target_entropy=-2.0)
+    )
     steps: int = 1_000_000
     episode_steps: int = 500
     log_every: int = 5_000
     checkpoint_every: int = 50_000
     return_window: int = 10
+    hover_init: bool = True
+    curriculum_steps: int = 400_000
+    curriculum_start: float = 0.0
+    normalize_obs: bool = False
+
+    def reward_scale(self, step: int) -> float:
+        """Fraction of the final action-change and orientation weights used at ``step``."""
+        if step >= self.curriculum_steps:
+            return 1.0
+        return self.curriculum_start + (1.0 - self.curriculum_start) * step / self.curriculum_steps
 
     @classmethod
-    def cpu_budget(cls, steps: int = 30_000) -> TeacherConfig:
-        """A preset for 1000 teachers on 2 CPU cores within tens of minutes.
+    def cpu_budget(cls, steps: int = 60_000) -> TeacherConfig:
+        """A preset for 1000 teachers on 2 CPU cores.
 
         RAPTOR's twin 3x256 critics dominate the cost of an update (about 30x the flops of the
-        actor), so this preset shrinks them to 2x64 and the actor to 2x64, halves the batch,
-        and warms up for 2k steps; the replay holds the whole run (``steps`` transitions per
-        teacher). Measured speed and returns: BENCHMARKS.md, section raptor-teachers.
+        actor), so this preset shrinks them to 2x64 and the actor to 2x64, updates once every
+        2 env steps with batch 128 (Learning to Fly updates its critic every 10 steps with batch
+        256), warms up for 5k steps and keeps the whole run in the replay. What makes the
+        teachers learn at all (BENCHMARKS.md, section raptor-teachers-budget): hover-initialised
+        actors, initial alpha 0.05 with RAPTOR's target entropy -2,
+        and the reward curriculum over the first two thirds of the run, without which the
+        action-change penalty of SAC's exploration makes every step cost more than it earns.
         """
         sac = BatchedSACConfig(
             actor_hidden=(64, 64),
             critic_hidden=(64, 64),
-            batch_size=64,
-            warmup_steps=2_000,
+            batch_size=128,
+            warmup_steps=min(5_000, steps // 4),
+            update_every=2,
             buffer_size=steps,
             actor_lr=1e-3,
             critic_lr=1e-3,
             alpha_lr=1e-3,
+            initial_alpha=0.05,
+            target_entropy=-2.0,
         )
-        return cls(sac=sac, steps=steps, log_every=1_000, checkpoint_every=10_000)
+        return cls(
+            sac=sac,
+            steps=steps,
+            log_every=1_000,
+            checkpoint_every=10_000,
+            curriculum_steps=2 * steps // 3,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (nested SAC config as a dict)."""
@@ -141,7 +179,7 @@ class Teachers(Policy):
             train_returns,
             device=first.device,
         )
-        teachers.actor.load_state_dict(agents.actor.state_dict())
+        teachers.actor.load_state_dict(agents.folded_actor_state())
         return teachers
 
     @torch.no_grad()
@@ -236,6 +274,7 @@ def train_teachers(
     device: str = "cpu",
     progress: bool = True,
     run_dir: str | Path | None = None,
+    callback: Callable[[int, Teachers], None] | None = None,
 ) -> Teachers:
     """Train one SAC teacher per vehicle of ``params`` for ``cfg.steps`` steps each.
 
@@ -252,6 +291,8 @@ def train_teachers(
             with :class:`robolearn.training.MetricLog` and keep a resumable checkpoint under
             ``run_dir/checkpoints/latest``; a run started again with the same ``run_dir``
             resumes from it, starting fresh episodes.
+        callback: Called as ``callback(step, teachers)`` every ``cfg.log_every`` steps with
+            the current deterministic teachers (e.g. to record a learning curve).
 
     Returns:
         The trained teachers, with each teacher's mean return over its last
@@ -274,7 +315,11 @@ def train_teachers(
     # A resumed run draws new episodes rather than replaying the first ones.
     env = env_factory(params, seed + (state["step"] if state else 0), device)
     n = env.num_envs
-    agents = BatchedSAC(n, env.obs_dim, env.act_dim, sac).to(dev)
+    initial_action = env.hover_action() if cfg.hover_init else None
+    obs_scale = env.observation_scale() if cfg.normalize_obs else None
+    agents = BatchedSAC(n, env.obs_dim, env.act_dim, sac, initial_action, obs_scale).to(dev)
+    if cfg.curriculum_steps > 0:
+        final_weights = (env.action_change_weight, env.orientation_weight)
     replay = BatchedReplay(n, min(sac.buffer_size, cfg.steps), env.obs_dim, env.act_dim, dev)
     recent = torch.full((n, cfg.return_window), math.nan, device=dev)
     if state is not None:
@@ -289,6 +334,10 @@ def train_teachers(
     bar = progress_bar(cfg.steps, f"RAPTOR teachers x{n}", progress, initial=start)
     clock, clock_step = time.perf_counter(), start
     for step in range(start, cfg.steps):
+        if cfg.curriculum_steps > 0:
+            scale = cfg.reward_scale(step)
+            env.action_change_weight = scale * final_weights[0]
+            env.orientation_weight = scale * final_weights[1]
         if step < sac.warmup_steps:
             action = torch.rand(n, env.act_dim, device=dev) * 2 - 1
         else:
@@ -317,6 +366,8 @@ def train_teachers(
             scalars |= {f"teacher_return/{i:04d}": r for i, r in enumerate(returns.tolist())}
             log.log(done_steps, **scalars)
             clock, clock_step = now, done_steps
+        if callback is not None and done_steps % cfg.log_every == 0:
+            callback(done_steps, Teachers.from_agents(agents, recent.nanmean(dim=1).tolist()))
         if checkpointer is not None and (
             done_steps % cfg.checkpoint_every == 0 or done_steps == cfg.steps
         ):
