@@ -69,3 +69,35 @@ def test_distillation_imitates_and_flies():
     assert curves["on_policy"][:5] == [0.0] * 5 and curves["on_policy"][-1] == 1.0
     flown = collect(env, teachers, policy.model, steps=40).returns.mean()
     assert flown > untrained + 0.5 * (teacher - untrained), (flown, untrained, teacher)
+
+
+class CrashingFleet(ToyFleet):
+    """Half the vehicles crash at step 5 and their states turn to NaN afterwards."""
+
+    def reset(self, mask=None):
+        self.t = 0
+        return super().reset(mask)
+
+    def step(self, action):
+        obs, reward, _, truncated = super().step(action)
+        self.t += 1
+        crashed = torch.arange(self.num_envs) % 2 == 0
+        if self.t >= 5:
+            self.x = torch.where(crashed, torch.nan, self.x)
+        terminated = crashed & (self.t == 5)
+        return self._teacher_obs(), torch.nan_to_num(reward), terminated, truncated
+
+
+def test_crashed_vehicles_do_not_poison_training():
+    torch.manual_seed(0)
+    cfg = DistillConfig(
+        epochs=4,
+        teacher_forcing_epochs=1,
+        episodes_per_teacher=2,
+        episode_steps=20,
+        batch_episodes=8,
+        lr=1e-2,
+    )
+    policy, curves = distill(CrashingFleet(), ToyTeachers(), cfg, progress=False)
+    assert all(torch.isfinite(torch.tensor(curves["loss"])))
+    assert all(torch.isfinite(p).all() for p in policy.model.parameters())

@@ -101,8 +101,11 @@ def collect(
         else:
             # The raw output is what the env records as the next previous-action input.
             action, hidden = student.step(student_obs, hidden)
-        obs.append(student_obs)
-        labels.append(label)
+        # A crashed vehicle keeps integrating and its state may blow up to inf/NaN; those steps
+        # are masked out of the loss, but a NaN would still poison the gradients (0 * NaN), so
+        # they are recorded as zeros.
+        obs.append(torch.where(alive[:, None], student_obs, 0.0))
+        labels.append(torch.where(alive[:, None], label, 0.0))
         mask.append(alive.clone())
         teacher_obs, reward, terminated, truncated = env.step(action)
         returns += torch.where(alive, reward, torch.zeros_like(reward))
