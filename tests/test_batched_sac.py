@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from robolearn.algos.batched_sac import BatchedSAC, BatchedSACConfig, train_batched_sac
+from robolearn.algos.batched_sac import BatchedSAC, BatchedSACConfig
+from robolearn.algos.raptor.teachers import TeacherConfig, Teachers, train_teachers
 from robolearn.nets.batched import BatchedLinear
 
 
@@ -39,13 +40,13 @@ class PointMasses:
         )
 
 
-def evaluate(agents: BatchedSAC | None, n: int, episodes: int = 8) -> torch.Tensor:
+def evaluate(teachers: Teachers | None, n: int, episodes: int = 8) -> torch.Tensor:
     """Mean return per agent over ``episodes`` fixed starts; None = do nothing."""
     env, total = PointMasses(n, seed=123), torch.zeros(n)
     for _ in range(episodes):
         obs = env.reset()
         for _ in range(env.horizon):
-            action = agents.act(obs, deterministic=True) if agents else torch.zeros(n, 1)
+            action = teachers.act(obs) if teachers else torch.zeros(n, 1)
             obs, reward, _, _ = env.step(action)
             total += reward
     return total / episodes
@@ -72,7 +73,12 @@ def test_short_run_learns_every_agent():
         alpha_lr=1e-3,
     )
     n = 4
-    agents, train_returns = train_batched_sac(PointMasses(n), cfg, steps=2400, progress=False)
+    # The one batched-SAC training loop, without the quadrotor extras (hover start, curriculum).
+    teacher_cfg = TeacherConfig(
+        sac=cfg, steps=2400, episode_steps=PointMasses.horizon, hover_init=False, curriculum_steps=0
+    )
+    agents = train_teachers(None, teacher_cfg, lambda _p, _s, _d: PointMasses(n), progress=False)
+    train_returns = torch.tensor(agents.train_returns)
     trained, still = evaluate(agents, n), evaluate(None, n)
     assert train_returns.shape == (n,) and torch.isfinite(train_returns).all()
     assert (trained > still + 3.0).all(), (trained, still)

@@ -8,6 +8,8 @@ agent's gradients are exactly those of its own loss, and Adam is element-wise, s
 optimiser equals N independent ones.
 
 The env is any ``BatchedTorchEnv``: torch tensors in and out, one row per agent, no autoreset.
+The training loop (logging, checkpoints, resume, reward curriculum) is
+``robolearn.algos.raptor.teachers.train_teachers``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import torch
 from torch import nn
 
 from robolearn.nets.batched import BatchedMLP
-from robolearn.utils import progress_bar
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -252,46 +253,3 @@ def update_due(cfg: BatchedSACConfig, step: int, replay_size: int) -> bool:
 def actor_due(cfg: BatchedSACConfig, step: int) -> bool:
     """Whether that gradient step also updates the actor and the temperature."""
     return (step // cfg.update_every) % cfg.actor_every == 0
-
-
-def train_batched_sac(
-    env: BatchedTorchEnv,
-    cfg: BatchedSACConfig,
-    steps: int,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool = True,
-) -> tuple[BatchedSAC, torch.Tensor]:
-    """Train one SAC agent per env for ``steps`` env steps each.
-
-    Returns the agents and every agent's mean return over its last completed episodes
-    (up to 10), shape (N,).
-    """
-    torch.manual_seed(seed)
-    dev = torch.device(device)
-    n = env.num_envs
-    agents = BatchedSAC(n, env.obs_dim, env.act_dim, cfg).to(dev)
-    replay = BatchedReplay(n, min(cfg.buffer_size, steps), env.obs_dim, env.act_dim, dev)
-    returns = torch.zeros(n, device=dev)
-    recent = torch.full((n, 10), float("nan"), device=dev)  # last 10 episode returns per agent
-    obs = env.reset()
-    bar = progress_bar(steps, f"batched SAC x{n}", progress)
-    for step in range(steps):
-        if step < cfg.warmup_steps:
-            action = torch.rand(n, env.act_dim, device=dev) * 2 - 1
-        else:
-            action = agents.act(obs)
-        next_obs, reward, terminated, truncated = env.step(action)
-        replay.add(obs, action, reward, next_obs, terminated)
-        returns += reward
-        done = terminated | truncated
-        if done.any():
-            recent[done] = torch.cat([recent[done, 1:], returns[done, None]], dim=1)
-            returns[done] = 0.0
-            next_obs = env.reset(done)
-        obs = next_obs
-        if update_due(cfg, step, replay.size):
-            agents.update(replay.sample(cfg.batch_size), actor_due(cfg, step))
-        bar.update(1)
-    bar.close()
-    return agents, recent.nanmean(dim=1)
