@@ -56,6 +56,9 @@ REFERENCES = (None, "figure_eight")
 MAX_VELOCITY = 2.0
 MAX_ANGULAR_VELOCITY = 35.0
 TERMINATION_REWARD = -100.0
+#: RAPTOR's reward weights of the orientation error and of the action change (raptor.md §6).
+ORIENTATION_WEIGHT = 0.2
+ACTION_CHANGE_WEIGHT = 1.0
 SUCCESS_DISTANCE = 0.1
 #: RAPTOR's "guidance" share of initial states that start at the target, level and at rest.
 GUIDANCE_PROBABILITY = 0.1
@@ -73,6 +76,33 @@ def figure_eight(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     p = torch.stack((a * torch.sin(w * t), 0.5 * a * torch.sin(2 * w * t), zero), 1)
     v = torch.stack((a * w * torch.cos(w * t), a * w * torch.cos(2 * w * t), zero), 1)
     return p, v
+
+
+def teacher_reward(
+    state: torch.Tensor,
+    p_err: torch.Tensor,
+    d_action: torch.Tensor,
+    max_position: torch.Tensor,
+    terminate_on_velocity: bool,
+    orientation_weight: float = ORIENTATION_WEIGHT,
+    action_change_weight: float = ACTION_CHANGE_WEIGHT,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RAPTOR's teacher-MDP reward and termination ``(N,)`` after a step.
+
+    ``p_err`` is the position error (N, 3), ``d_action`` the norm of the clamped action change
+    (N,), ``max_position`` the per-vehicle position bound (N, 1). Terminated steps earn
+    ``TERMINATION_REWARD``; a non-finite state terminates.
+    """
+    terminated = (p_err.abs() > max_position).any(1)
+    if terminate_on_velocity:
+        terminated |= (state[:, VELOCITY].abs() > MAX_VELOCITY).any(1)
+        terminated |= (state[:, OMEGA].abs() > MAX_ANGULAR_VELOCITY).any(1)
+    terminated |= ~torch.isfinite(state).all(1)
+    # Index 6 is the quaternion's z component, as the reference states the formula.
+    orientation = torch.acos((1.0 - state[:, 6].abs()).clamp(-1.0, 1.0))
+    cost = p_err.norm(dim=1) + orientation_weight * orientation + action_change_weight * d_action
+    reward = torch.where(terminated, torch.full_like(cost, TERMINATION_REWARD), 1.5 - cost)
+    return reward, terminated
 
 
 class QuadrotorBatch:
@@ -230,19 +260,13 @@ class QuadrotorBatch:
         self.steps += 1
 
         obs, p_err = self.observe()
-        state = self.state
-        out_of_bounds = (p_err.abs() > self._max_position).any(1)
-        if self.terminate_on_velocity:
-            out_of_bounds |= (state[:, VELOCITY].abs() > MAX_VELOCITY).any(1)
-            out_of_bounds |= (state[:, OMEGA].abs() > MAX_ANGULAR_VELOCITY).any(1)
-        out_of_bounds |= ~torch.isfinite(state).all(1)
+        d_action_t = torch.as_tensor(d_action, device=self.device, dtype=self.dtype)
+        reward_t, terminated_t = teacher_reward(
+            self.state, p_err, d_action_t, self._max_position, self.terminate_on_velocity
+        )
         distance = p_err.norm(dim=1)
-        q_z = state[:, 6].abs()
-        orientation = torch.acos((1.0 - q_z).clamp(-1.0, 1.0))
-        cost = distance + 0.2 * orientation
-        terminated = out_of_bounds.cpu().numpy()
-        reward = 1.5 - (cost.cpu().numpy().astype(np.float64) + d_action)
-        reward[terminated] = TERMINATION_REWARD
+        terminated = terminated_t.cpu().numpy()
+        reward = reward_t.cpu().numpy().astype(np.float64)
         self.terminated |= terminated
         distance_np = distance.cpu().numpy().astype(np.float64)
         success = ~self.terminated & (distance_np < SUCCESS_DISTANCE)

@@ -38,10 +38,10 @@ from sims.quadrotor.dynamics import (
     quaternion_to_rotation,
 )
 from sims.quadrotor.env import (
+    ACTION_CHANGE_WEIGHT,
     GUIDANCE_PROBABILITY,
-    MAX_ANGULAR_VELOCITY,
-    MAX_VELOCITY,
-    TERMINATION_REWARD,
+    ORIENTATION_WEIGHT,
+    teacher_reward,
 )
 from sims.quadrotor.params import INIT_POSITION_ARMS, TERMINATION_ARMS, QuadrotorParams
 
@@ -49,9 +49,6 @@ from sims.quadrotor.params import INIT_POSITION_ARMS, TERMINATION_ARMS, Quadroto
 TEACHER_OBSERVATION_DIM = 26
 #: RAPTOR episodes: 500 steps = 5 s at 100 Hz.
 EPISODE_STEPS = 500
-#: RAPTOR's reward weights of the action change and of the orientation error (raptor.md §6).
-ACTION_CHANGE_WEIGHT = 1.0
-ORIENTATION_WEIGHT = 0.2
 
 
 class QuadrotorTorchEnv:
@@ -203,20 +200,14 @@ class QuadrotorTorchEnv:
         self.prev_action = action.clone()
         self.steps = self.steps + 1
 
-        state = self.state
-        position = state[:, POSITION]
-        terminated = (position.abs() > self._max_position).any(1)
-        if self.terminate_on_velocity:
-            terminated |= (state[:, VELOCITY].abs() > MAX_VELOCITY).any(1)
-            terminated |= (state[:, OMEGA].abs() > MAX_ANGULAR_VELOCITY).any(1)
-        terminated |= ~torch.isfinite(state).all(1)
-        # Index 6 is the quaternion's z component, as QuadrotorBatch's reward uses it.
-        orientation = torch.acos((1.0 - state[:, 6].abs()).clamp(-1.0, 1.0))
-        reward = 1.5 - (
-            position.norm(dim=1)
-            + self.orientation_weight * orientation
-            + self.action_change_weight * d_action
+        reward, terminated = teacher_reward(
+            self.state,
+            self.state[:, POSITION],
+            d_action,
+            self._max_position,
+            self.terminate_on_velocity,
+            self.orientation_weight,
+            self.action_change_weight,
         )
-        reward = torch.where(terminated, torch.full_like(reward, TERMINATION_REWARD), reward)
         truncated = self.steps >= self.max_episode_steps
         return self.observe(), reward, terminated, truncated
