@@ -62,6 +62,7 @@ def plot_curves(
     title: str,
     ylabel: str,
     log_y: bool = False,
+    xlabel: str = "step",
 ) -> Path:
     """Line plot of named (x, y) curves, e.g. training and validation loss against steps."""
     plt = pyplot()
@@ -71,7 +72,7 @@ def plot_curves(
             ax.plot(x, y, label=name)
     if log_y:
         ax.set_yscale("log")
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()

@@ -1,4 +1,4 @@
-"""Pieces every training run shares: metric logging and crash-safe, resumable checkpoints.
+"""Pieces every training run shares: metric logging, crash-safe resumable checkpoints, EMA.
 
 A run folder looks like::
 
@@ -111,3 +111,38 @@ class Checkpointer:
         if not state_file.exists():
             return None
         return torch.load(state_file, map_location="cpu", weights_only=False)
+
+
+class EMA:
+    """Exponential moving average of a model's weights, kept in ``target`` (Diffusion Policy's).
+
+    The decay warms up as ``1 - (1 + step) ** -power`` (0 at first, so the average starts at
+    the trained weights) and is capped at ``max_decay``. Buffers are copied as they
+    are. ``step`` is the number of updates so far; restore it when resuming.
+    """
+
+    def __init__(self, target: Any, power: float = 0.75, max_decay: float = 0.9999) -> None:
+        self.target = target
+        self.power = power
+        self.max_decay = max_decay
+        self.step = 0
+
+    def decay(self) -> float:
+        """The decay the next update uses."""
+        # Diffusion Policy's EMAModel counts from one update late; both first updates copy.
+        step = self.step - 1
+        if step <= 0:
+            return 0.0
+        return min(1 - (1 + step) ** -self.power, self.max_decay)
+
+    def update(self, model: Any) -> None:
+        """Move ``target`` towards ``model``'s current weights."""
+        import torch
+
+        decay = self.decay()
+        with torch.no_grad():
+            for ema_param, param in zip(self.target.parameters(), model.parameters()):
+                ema_param.lerp_(param.detach(), 1 - decay)
+            for ema_buffer, buffer in zip(self.target.buffers(), model.buffers()):
+                ema_buffer.copy_(buffer)
+        self.step += 1
