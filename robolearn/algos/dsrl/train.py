@@ -1,0 +1,367 @@
+"""Train a noise actor that steers a frozen diffusion policy: the whole DSRL run.
+
+``train_dsrl`` builds the chunk-level env, the learner (DSRL-NA or DSRL-SAC), optionally puts
+demonstrations into the replay buffer, and trains for a budget counted in env steps (chunks x
+the steps each really ran). Every ``eval_every`` env steps it evaluates the steered policy on
+held-out seeds, logs success against env steps (TensorBoard + metrics.csv), redraws the curve
+and checkpoints the learner, its replay buffer and the steered policy, so an interrupted run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
+
+from robolearn.algos.diffusion import DiffusionPolicy
+from robolearn.algos.dsrl.algorithms import DSRLNA, DSRLSAC
+from robolearn.algos.dsrl.envs import REWARDS, NoiseActionVecEnv, make_chunked_vec_env
+from robolearn.algos.dsrl.steered import NoiseActor, SteeredPolicy
+from robolearn.data.store import EpisodeStore
+from robolearn.report import plot_curves
+from robolearn.rollout import rollout
+from robolearn.training import MetricLog, read_metric
+from robolearn.utils import progress_bar
+
+VARIANTS = ("na", "sac")
+MODEL_FILE = "dsrl_model.zip"
+BUFFER_FILE = "replay_buffer.pkl"
+PROGRESS_FILE = "progress.json"
+
+
+@dataclasses.dataclass
+class DSRLConfig:
+    """Hyperparameters of a DSRL run (``algo=dsrl`` mirrors these).
+
+    Upstream (reference/dsrl.md 4) uses width-2048 critics and 20-30 gradient steps per vector
+    step; the defaults here are sized for a CPU: one update per chunk collected.
+    """
+
+    variant: str = "na"
+    env_steps: int = 100_000
+    n_envs: int = 4
+    noise_bound: float = 1.5
+    gradient_steps: int = 4
+    distill_steps: int = 2
+    batch_size: int = 256
+    lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    net_arch: Sequence[int] = (256, 256, 256)
+    activation: str = "Tanh"
+    # Upstream starts the learned entropy coefficient at 1. With the sparse -1 reward that
+    # bonus outweighs the reward early on and pays the actor to make episodes longer (the
+    # "early dip" that reproductions report); starting at 0.05 avoids it.
+    ent_coef: str | float = "auto_0.05"
+    target_entropy: float = 0.0
+    warmup_env_steps: int = 5000
+    reward: str = "sparse"
+    eval_every: int = 10_000
+    eval_episodes: int = 50
+    buffer_size: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        def fail(name: str, what: str) -> None:
+            raise ValueError(f"algo.{name}={getattr(self, name)!r}: {what}")
+
+        def is_int(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if self.variant not in VARIANTS:
+            fail("variant", f"must be one of {VARIANTS}")
+        for name in ("env_steps", "n_envs", "gradient_steps", "batch_size", "eval_every"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                fail(name, "must be an integer >= 1")
+        if not is_int(self.eval_episodes) or self.eval_episodes < 1:
+            fail("eval_episodes", "must be an integer >= 1")
+        for name in ("distill_steps", "warmup_env_steps"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
+                fail(name, "must be an integer >= 0")
+        if not is_int(self.buffer_size) or self.buffer_size < self.n_envs:
+            fail("buffer_size", "must be an integer >= n_envs")
+        for name in ("noise_bound", "lr", "tau"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                fail(name, "must be a number > 0")
+        if not 0 < self.gamma <= 1:
+            fail("gamma", "must be in (0, 1]")
+        if not hasattr(torch.nn, str(self.activation)):
+            fail("activation", "must name a torch.nn activation, e.g. Tanh or ReLU")
+        if not self.net_arch or any(not is_int(w) or w < 1 for w in self.net_arch):
+            fail("net_arch", "must be a list of positive layer widths")
+        if self.reward not in REWARDS:
+            fail("reward", f"must be one of {REWARDS}")
+        if isinstance(self.ent_coef, str):
+            if not (self.ent_coef == "auto" or self.ent_coef.startswith("auto_")):
+                fail("ent_coef", "must be a number, auto or auto_<initial value>")
+        elif isinstance(self.ent_coef, bool) or self.ent_coef <= 0:
+            fail("ent_coef", "must be a number > 0, auto or auto_<initial value>")
+
+
+def build_learner(
+    cfg: DSRLConfig,
+    base: DiffusionPolicy,
+    make_env: Callable[[], gym.Env],
+    seed: int,
+    device: str = "cpu",
+) -> DSRLNA | DSRLSAC:
+    """The configured DSRL learner on ``cfg.n_envs`` chunk-level envs."""
+    venv = make_chunked_vec_env(make_env, base, cfg.n_envs, cfg.reward, seed)
+    kwargs: dict[str, Any] = {
+        "learning_rate": cfg.lr,
+        "buffer_size": cfg.buffer_size,
+        # SB3 counts chunks; the warm-up is configured in env steps.
+        "learning_starts": math.ceil(cfg.warmup_env_steps / base.action_steps),
+        "batch_size": cfg.batch_size,
+        "tau": cfg.tau,
+        "gamma": cfg.gamma,
+        "gradient_steps": cfg.gradient_steps,
+        "ent_coef": cfg.ent_coef,
+        "target_entropy": cfg.target_entropy,
+        "policy_kwargs": {
+            "net_arch": list(cfg.net_arch),
+            "activation_fn": getattr(torch.nn, cfg.activation),
+            "log_std_init": 0.0,
+        },
+        "seed": seed,
+        "device": device,
+    }
+    if cfg.variant == "na":
+        return DSRLNA(
+            "MlpPolicy",
+            venv,
+            base=base,
+            noise_bound=cfg.noise_bound,
+            distill_steps=cfg.distill_steps,
+            **kwargs,
+        )
+    return DSRLSAC("MlpPolicy", NoiseActionVecEnv(venv, base, cfg.noise_bound), **kwargs)
+
+
+def steered_policy(model: DSRLNA | DSRLSAC, base: DiffusionPolicy, noise_bound: float) -> Any:
+    """The current actor of ``model`` as a SteeredPolicy around ``base`` (a copy)."""
+    actor, config = NoiseActor.from_sb3(model.actor)
+    return SteeredPolicy(base, actor, config, noise_bound)
+
+
+def add_demonstrations(
+    model: DSRLNA, store: EpisodeStore, base: DiffusionPolicy, reward: str = "sparse"
+) -> int:
+    """Put demonstration chunks into DSRL-NA's replay buffer; returns the number added.
+
+    Each episode is cut into chunks of Ta steps; a chunk's state is the base policy's
+    conditioning at its first step and its next state the conditioning Ta steps later. The
+    store does not hold the observation after an episode's last action, so a last chunk is kept
+    only when the episode terminated (its next state is then never bootstrapped from).
+    Success, for the sparse reward, is the store's per-step ``terminated`` flag: record the
+    demonstrations with ``terminate_on_success`` on.
+    """
+    from robolearn.algos.diffusion import ObservationHistory
+
+    data = store.load()
+    ends = store.episode_ends
+    ta = base.action_steps
+    rows: dict[str, list[np.ndarray]] = {"obs": [], "next": [], "act": [], "rew": [], "done": []}
+    start = 0
+    for end in ends:
+        history = ObservationHistory(base.obs_keys, base.obs_steps)
+        conds = []
+        for t in range(start, end):
+            frame = {k: data[k][t : t + 1] for k in base.obs_keys}
+            stacked = {k: torch.as_tensor(v) for k, v in history.push(frame).items()}
+            conds.append(base.condition(stacked)[0].cpu().numpy())
+        terminated = bool(data["terminated"][end - 1])
+        for t in range(start, end, ta):
+            last = min(t + ta, end)
+            if last == end and not terminated:
+                break
+            actions = data["action"][t:last]
+            actions = np.concatenate([actions, np.repeat(actions[-1:], ta - len(actions), 0)])
+            if reward == "sparse":
+                success = data["terminated"][t:last].astype(np.float64)
+                chunk_reward = float(np.sum(np.maximum.accumulate(success) - 1.0))
+            else:
+                chunk_reward = float(data["reward"][t:last].sum())
+            rows["obs"].append(conds[t - start])
+            rows["next"].append(conds[last - start] if last < end else conds[-1])
+            rows["act"].append(actions.reshape(-1))
+            rows["rew"].append(chunk_reward)
+            rows["done"].append(float(last == end))
+        start = end
+    n_envs = model.n_envs
+    count = len(rows["obs"]) // n_envs * n_envs  # the buffer takes one row per env per add
+    for i in range(0, count, n_envs):
+        block = slice(i, i + n_envs)
+        model.replay_buffer.add(
+            np.stack(rows["obs"][block]),
+            np.stack(rows["next"][block]),
+            np.stack(rows["act"][block]).astype(np.float32),
+            np.asarray(rows["rew"][block]),
+            np.asarray(rows["done"][block]),
+            [{} for _ in range(n_envs)],
+        )
+    return count
+
+
+class _Progress(BaseCallback):
+    """Counts env steps, evaluates, logs, checkpoints and stops at the budget."""
+
+    def __init__(self, run: _Run) -> None:
+        super().__init__()
+        self.run = run
+
+    def _on_step(self) -> bool:
+        run = self.run
+        infos = self.locals["infos"]
+        steps = sum(int(info.get("env_steps", 0)) for info in infos)
+        run.env_steps += steps
+        run.bar.update(steps)
+        for info, done in zip(infos, self.locals["dones"]):
+            if done:
+                run.train_success.append(float(info.get("success", False)))
+        if run.env_steps >= run.next_eval or run.env_steps >= run.cfg.env_steps:
+            run.evaluate_and_checkpoint(self.model)
+        return run.env_steps < run.cfg.env_steps
+
+
+@dataclasses.dataclass
+class _Run:
+    cfg: DSRLConfig
+    base: DiffusionPolicy
+    run_dir: Path
+    evaluate: Callable[[Any], float]
+    log: MetricLog
+    bar: Any
+    env_steps: int = 0
+    next_eval: int = 0
+    train_success: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def evaluate_and_checkpoint(self, model: DSRLNA | DSRLSAC) -> None:
+        policy = steered_policy(model, self.base, self.cfg.noise_bound)
+        scalars = {"eval/success": self.evaluate(policy)}
+        if self.train_success:
+            scalars["train/success"] = float(np.mean(self.train_success[-50:]))
+        for name in ("ent_coef", "actor_loss", "critic_loss", "action_critic_loss"):
+            value = model.logger.name_to_value.get(f"train/{name}")
+            if value is not None:
+                scalars[f"train/{name}"] = float(value)
+        self.log.log(self.env_steps, **scalars)
+        self.bar.set_postfix(success=f"{scalars['eval/success']:.0%}", refresh=False)
+        while self.next_eval <= self.env_steps:
+            self.next_eval += self.cfg.eval_every
+        self.save(model, policy)
+        self.plot()
+
+    def save(self, model: DSRLNA | DSRLSAC, policy: SteeredPolicy) -> None:
+        tmp = self.checkpoint_dir / ".tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        model.save(tmp / MODEL_FILE)
+        model.save_replay_buffer(tmp / BUFFER_FILE)
+        policy.save(tmp / "policy")
+        state = {"env_steps": self.env_steps, "next_eval": self.next_eval}
+        (tmp / PROGRESS_FILE).write_text(json.dumps(state))
+        # Swap in whole: a crash leaves the previous checkpoint or the new one, never a mix.
+        latest, old = self.checkpoint_dir / "latest", self.checkpoint_dir / ".old"
+        if latest.exists():
+            latest.rename(old)
+        tmp.rename(latest)
+        if old.exists():
+            import shutil
+
+            shutil.rmtree(old)
+
+    def plot(self) -> None:
+        steps, success = read_metric(self.run_dir, "eval/success")
+        plot_curves(
+            self.run_dir / "success.png",
+            {f"DSRL-{self.cfg.variant.upper()}": (steps, success)},
+            "steered policy success",
+            "success rate",
+            xlabel="env steps",
+        )
+
+
+def train_dsrl(
+    base: DiffusionPolicy,
+    make_env: Callable[[], gym.Env],
+    cfg: DSRLConfig,
+    run_dir: Path,
+    evaluate: Callable[[Any], float],
+    demos: EpisodeStore | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> SteeredPolicy:
+    """Steer ``base`` by DSRL on envs from ``make_env``; return the steered policy.
+
+    ``evaluate(policy) -> success rate`` is called at env step 0 and every ``eval_every`` env
+    steps. ``demos`` (DSRL-NA only) are added to the replay buffer before training. Resumes
+    from ``run_dir/checkpoints/latest`` when it exists.
+    """
+    if demos is not None and cfg.variant != "na":
+        raise ValueError(
+            "demonstrations go into the replay buffer of DSRL-NA only (DSRL-SAC's buffer "
+            "holds noise, which demonstrations do not have): use algo.variant=na"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = MetricLog(run_dir)
+    bar = progress_bar(cfg.env_steps, f"dsrl-{cfg.variant}", progress, unit="step")
+    run = _Run(cfg, base, run_dir, evaluate, log, bar)
+    latest = run.checkpoint_dir / "latest"
+    model = build_learner(cfg, base, make_env, seed, device)
+    if (latest / MODEL_FILE).exists():
+        env = model.get_env()
+        cls = type(model)
+        extra = {"base": base} if cfg.variant == "na" else {}
+        model = cls.load(latest / MODEL_FILE, env=env, device=device, **extra)
+        model.load_replay_buffer(latest / BUFFER_FILE)
+        state = json.loads((latest / PROGRESS_FILE).read_text())
+        run.env_steps, run.next_eval = state["env_steps"], state["next_eval"]
+        bar.update(run.env_steps)
+        log.truncate_after(run.env_steps)
+    else:
+        if demos is not None:
+            added = add_demonstrations(model, demos, base, cfg.reward)
+            bar.write(f"dsrl: {added} demonstration chunks in the replay buffer")
+        model.set_logger(configure(str(run_dir / "sb3"), ["csv"]))
+        run.evaluate_and_checkpoint(model)  # env step 0: the untrained actor
+    if model.get_env() is not None and run.env_steps < cfg.env_steps:
+        model.set_logger(configure(str(run_dir / "sb3"), ["csv"]))
+        model.learn(
+            total_timesteps=cfg.env_steps,  # an upper bound in chunks; the callback stops it
+            callback=_Progress(run),
+            reset_num_timesteps=False,
+        )
+    bar.close()
+    log.close()
+    model.get_env().close()
+    return steered_policy(model, base, cfg.noise_bound)
+
+
+def make_evaluator(
+    env_factory: Callable[[], gym.Env | gym.vector.VectorEnv], episodes: int, seed: int
+) -> Callable[[Any], float]:
+    """``evaluate(policy)``: success rate over ``episodes`` held-out seeds from ``seed``."""
+
+    def evaluate(policy: Any) -> float:
+        env = env_factory()
+        try:
+            return rollout(policy, env, episodes, seed=seed, progress=False).success_rate
+        finally:
+            env.close()
+
+    return evaluate

@@ -1,0 +1,212 @@
+"""DSRL: the latent-action envs, both learners, the steered policy and a run that learns."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from robolearn.algos.diffusion import DiffusionConfig, DiffusionPolicy, train_diffusion
+from robolearn.algos.dsrl import (
+    DSRLNA,
+    ChunkedEnv,
+    DSRLConfig,
+    NoiseActionVecEnv,
+    SteeredPolicy,
+    make_chunked_vec_env,
+    train_dsrl,
+)
+from robolearn.algos.dsrl.train import add_demonstrations, build_learner, make_evaluator
+from robolearn.data.store import EpisodeStore
+from robolearn.policy import load_policy
+from robolearn.rollout import rollout
+
+GOAL = np.array([0.6, 0.0])
+
+
+class ForkEnv(gym.Env):
+    """Start near the origin; the goal is to the right. 12 steps, success within 0.15."""
+
+    def __init__(self, max_steps: int = 12) -> None:
+        self.observation_space = gym.spaces.Box(-2, 2, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+        self.max_steps = max_steps
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = self.np_random.uniform(-0.05, 0.05, 2)
+        self.t = 0
+        return self.pos.astype(np.float32), {"success": False}
+
+    def step(self, action):
+        self.pos = np.clip(self.pos + 0.1 * np.clip(action, -1, 1), -2, 2)
+        self.t += 1
+        success = bool(np.linalg.norm(self.pos - GOAL) < 0.15)
+        truncated = self.t >= self.max_steps and not success
+        return self.pos.astype(np.float32), -1.0, success, truncated, {"success": success}
+
+
+def fork_demos(path, episodes: int = 60, good_fraction: float = 0.5) -> EpisodeStore:
+    """Demonstrations that head right (and succeed) half of the time, else left (and fail)."""
+    rng = np.random.default_rng(0)
+    store = EpisodeStore.create(path, attrs={"observation_keys": ["obs"]})
+    env = ForkEnv()
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=episode)
+        direction = 1.0 if rng.random() < good_fraction else -1.0
+        frames = {"obs": [], "action": [], "reward": [], "terminated": []}
+        done = False
+        while not done:
+            action = np.array([direction, 0.0], np.float32) + rng.normal(0, 0.05, 2)
+            action = np.clip(action, -1, 1).astype(np.float32)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            frames["obs"].append(obs)
+            frames["action"].append(action)
+            frames["reward"].append(reward)
+            frames["terminated"].append(terminated)
+            obs, done = next_obs, terminated or truncated
+        store.add_episode({k: np.asarray(v) for k, v in frames.items()})
+    return store
+
+
+@pytest.fixture(scope="module")
+def fork_base(tmp_path_factory) -> tuple[DiffusionPolicy, EpisodeStore]:
+    """A diffusion policy that reproduces the fork: mostly left, sometimes right."""
+    tmp = tmp_path_factory.mktemp("fork")
+    store = fork_demos(tmp / "demos.zarr")
+    cfg = DiffusionConfig(
+        denoiser="mlp",
+        obs_steps=1,
+        horizon=4,
+        action_steps=4,
+        mlp_hidden=(128, 128),
+        step_embed_dim=32,
+        steps=1500,
+        batch_size=128,
+        lr=1e-3,
+        warmup_steps=50,
+        val_ratio=0.0,
+        log_every=500,
+        checkpoint_every=1500,
+    )
+    policy = train_diffusion(
+        store.load(), store.episode_ends, ["obs"], cfg, tmp / "run", progress=False
+    )
+    return policy, store
+
+
+def success_rate(policy, episodes: int = 40) -> float:
+    env = gym.vector.SyncVectorEnv(
+        [ForkEnv for _ in range(20)], autoreset_mode=gym.vector.AutoresetMode.DISABLED
+    )
+    return rollout(policy, env, episodes, seed=1000, progress=False).success_rate
+
+
+def test_base_policy_is_weak_but_not_hopeless(fork_base):
+    base, _ = fork_base
+    assert 0.1 <= success_rate(base) <= 0.6
+
+
+def test_chunked_env_spaces_and_step_accounting(fork_base):
+    base, _ = fork_base
+    env = ChunkedEnv(ForkEnv(max_steps=6), base)
+    assert env.observation_space.shape == (base.cond_dim,)
+    assert env.action_space.shape == (4 * 2,)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (2,) and obs.dtype == np.float32
+    left = np.tile([-1.0, 0.0], 4).astype(np.float32)
+    obs, reward, terminated, truncated, info = env.step(left)
+    assert info["env_steps"] == 4 and reward == -4.0  # sparse: -1 per step without success
+    obs, reward, terminated, truncated, info = env.step(left)
+    # The time limit falls mid-chunk: the chunk stops there, as truncation, not termination.
+    assert info["env_steps"] == 2 and truncated and not terminated
+
+
+def test_chunked_env_sparse_reward_is_zero_from_success_on(fork_base):
+    base, _ = fork_base
+    env = ChunkedEnv(ForkEnv(), base)
+    env.reset(seed=0)
+    right = np.tile([1.0, 0.0], 4).astype(np.float32)
+    env.step(right)
+    _, reward, terminated, _, info = env.step(right)  # reaches 0.6 +- 0.15 on step 5
+    assert terminated and info["success"]
+    assert reward == -(info["env_steps"] - 1)  # -1 per step before success, 0 on it
+
+
+def test_noise_action_env_decodes_with_the_base(fork_base):
+    base, _ = fork_base
+    venv = NoiseActionVecEnv(make_chunked_vec_env(ForkEnv, base, n_envs=2), base, 1.5)
+    assert venv.action_space.shape == (4 * 2,)
+    assert np.allclose(venv.action_space.high, 1.5)
+    obs = venv.reset()
+    noise = np.random.default_rng(0).uniform(-1.5, 1.5, (2, 8)).astype(np.float32)
+    expected = base.decode(torch.as_tensor(obs), torch.as_tensor(noise).reshape(2, 4, 2))
+    _, _, _, infos = venv.step(noise)
+    assert all(info["env_steps"] == 4 for info in infos)
+    # The first env's new position is the start plus the decoded chunk's displacement.
+    assert expected.shape == (2, 4, 2)
+    venv.close()
+
+
+def test_dsrl_na_rejects_an_env_without_chunk_actions(fork_base):
+    base, _ = fork_base
+    with pytest.raises(ValueError, match="action chunk"):
+        DSRLNA("MlpPolicy", ForkEnv(), base=base)
+
+
+def test_demonstrations_fill_the_replay_buffer(fork_base):
+    base, store = fork_base
+    cfg = DSRLConfig(n_envs=2, warmup_env_steps=0)
+    model = build_learner(cfg, base, ForkEnv, seed=0)
+    added = add_demonstrations(model, store, base)
+    assert added > 0 and model.replay_buffer.size() * 2 == added
+    rewards = model.replay_buffer.rewards[: model.replay_buffer.size()].ravel()
+    assert rewards.min() >= -4 and rewards.max() <= 0 and (rewards > -4).any()
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="algo.variant"):
+        DSRLConfig(variant="ppo")
+    with pytest.raises(ValueError, match="algo.noise_bound"):
+        DSRLConfig(noise_bound=0)
+    with pytest.raises(ValueError, match="algo.activation"):
+        DSRLConfig(activation="Swishy")
+
+
+@pytest.mark.parametrize("variant", ["na", "sac"])
+def test_dsrl_raises_the_success_of_a_weak_base(fork_base, tmp_path, variant):
+    base, _ = fork_base
+    base_success = success_rate(base)
+    cfg = DSRLConfig(
+        variant=variant,
+        env_steps=3000,
+        n_envs=4,
+        noise_bound=1.5,
+        gradient_steps=4,
+        distill_steps=4,
+        batch_size=128,
+        net_arch=(64, 64),
+        warmup_env_steps=400,
+        eval_every=1000,
+        eval_episodes=20,
+    )
+    evaluate = make_evaluator(
+        lambda: gym.vector.SyncVectorEnv(
+            [ForkEnv for _ in range(20)], autoreset_mode=gym.vector.AutoresetMode.DISABLED
+        ),
+        20,
+        seed=5000,
+    )
+    steered = train_dsrl(base, ForkEnv, cfg, tmp_path, evaluate, seed=0, progress=False)
+    steered_success = success_rate(steered)
+    assert steered_success >= max(0.8, base_success + 0.3), (base_success, steered_success)
+    assert (tmp_path / "success.png").is_file()
+
+    # Round trip: the saved steered policy acts exactly as the trained one.
+    loaded = load_policy(steered.save(tmp_path / "steered"))
+    assert isinstance(loaded, SteeredPolicy)
+    obs = np.random.default_rng(0).uniform(-0.1, 0.1, (5, 2)).astype(np.float32)
+    steered.reset(5)
+    loaded.reset(5)
+    np.testing.assert_allclose(loaded.act_chunk(obs), steered.act_chunk(obs), atol=1e-6)
