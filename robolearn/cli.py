@@ -3,7 +3,8 @@
 Verbs:
   record   run a policy (scripted expert or checkpoint) in an env and record an EpisodeStore
   train    train a policy (default algo=bc; with no data= it first records expert
-           demonstrations), then evaluate it: the README's main job
+           demonstrations), then evaluate it: the README's main job. algo=diffusion trains
+           a diffusion policy; algo=dsrl base=<diffusion checkpoint> steers one by RL
   eval     success rate, MP4 video, PNG plot and a report of a policy in an env
   replay   re-execute a recorded episode in simulation and report the divergence from the log
   info     describe an EpisodeStore: `robolearn info <store>`
@@ -160,7 +161,18 @@ def validate(cfg: DictConfig, verb: str) -> None:
         if cfg.algo.name == "raptor":
             raptor_config(cfg)
             return
-        bc_config(cfg)
+        if cfg.algo.name == "dsrl":
+            dsrl_config(cfg)
+            need("base", cfg.base is not None, "is required: robolearn train algo=dsrl base=<ckpt>")
+            need(
+                "base",
+                (Path(cfg.base) / "policy.json").is_file(),
+                "is not a policy checkpoint directory (no policy.json)",
+            )
+            if cfg.algo.demo_store is not None:
+                need("algo.demo_store", Path(cfg.algo.demo_store).exists(), "does not exist")
+            return
+        algo_config(cfg)
         obs_keys = cfg.algo.obs_keys
         need(
             "algo.obs_keys",
@@ -227,16 +239,29 @@ def resumed_config(overrides: list[str]) -> DictConfig | None:
     return cfg
 
 
-def bc_config(cfg: DictConfig) -> Any:
-    """The BCConfig of ``cfg.algo``; bad values raise ConfigError naming the key."""
+def algo_config(cfg: DictConfig) -> Any:
+    """The BCConfig or DiffusionConfig of ``cfg.algo``; bad values raise ConfigError."""
+    if cfg.algo.name == "diffusion":
+        from robolearn.algos.diffusion import DiffusionConfig as config_class
+    else:
+        from robolearn.algos.bc import BCConfig as config_class
+    return _dataclass_from(config_class, cfg.algo)
+
+
+def dsrl_config(cfg: DictConfig) -> Any:
+    """The DSRLConfig of ``cfg.algo``; bad values raise ConfigError naming the key."""
+    from robolearn.algos.dsrl import DSRLConfig
+
+    return _dataclass_from(DSRLConfig, cfg.algo)
+
+
+def _dataclass_from(config_class: Any, group: DictConfig) -> Any:
     import dataclasses
 
-    from robolearn.algos.bc import BCConfig
-
-    names = {f.name for f in dataclasses.fields(BCConfig)}
-    values = OmegaConf.to_container(cfg.algo, resolve=True)
+    names = {f.name for f in dataclasses.fields(config_class)}
+    values = OmegaConf.to_container(group, resolve=True)
     try:
-        return BCConfig(**{k: v for k, v in values.items() if k in names})
+        return config_class(**{k: v for k, v in values.items() if k in names})
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
 
@@ -436,7 +461,8 @@ def raptor_config(cfg: DictConfig) -> Any:
 def cmd_train(cfg: DictConfig) -> int:
     if cfg.algo.name == "raptor":
         return _train_raptor(cfg)
-    from robolearn.algos.bc import default_obs_keys, train_bc
+    if cfg.algo.name == "dsrl":
+        return _train_dsrl(cfg)
     from robolearn.report import plot_curves
     from robolearn.training import read_metric
 
@@ -460,6 +486,12 @@ def cmd_train(cfg: DictConfig) -> int:
     env_id = store.attrs.get("env_id", cfg.env.id)
     env_kwargs = store.attrs.get("env_kwargs", _env_kwargs(cfg))
     data = store.load()
+    if cfg.algo.name == "diffusion":
+        from robolearn.algos.diffusion import default_obs_keys
+        from robolearn.algos.diffusion import train_diffusion as trainer
+    else:
+        from robolearn.algos.bc import default_obs_keys
+        from robolearn.algos.bc import train_bc as trainer
     available = default_obs_keys(data, store.attrs.get("observation_keys", []))
     obs_keys = list(cfg.algo.obs_keys) if cfg.algo.obs_keys is not None else available
     unknown = [k for k in obs_keys if k not in data]
@@ -467,16 +499,16 @@ def cmd_train(cfg: DictConfig) -> int:
         raise ConfigError(
             f"algo.obs_keys={obs_keys}: {store.path} has observation keys {available}"
         )
-    bc_cfg = bc_config(cfg)
+    algo_cfg = algo_config(cfg)
     _say(
-        f"training bc on {store.n_episodes} episodes ({store.n_steps} steps), observation "
-        f"keys {obs_keys}"
+        f"training {cfg.algo.name} on {store.n_episodes} episodes ({store.n_steps} steps), "
+        f"observation keys {obs_keys}"
     )
-    policy = train_bc(
+    policy = trainer(
         data,
         store.episode_ends,
         obs_keys,
-        bc_cfg,
+        algo_cfg,
         run_dir,
         device=resolve_device(cfg.device),
         seed=int(cfg.seed),
@@ -490,8 +522,8 @@ def cmd_train(cfg: DictConfig) -> int:
     loss_plot = plot_curves(
         run_dir / "loss.png",
         curves,
-        "behaviour cloning loss",
-        "MSE (normalised actions)",
+        f"{cfg.algo.name} training loss",
+        "MSE (normalised)",
         log_y=True,
     )
     final = ", ".join(
@@ -505,13 +537,72 @@ def cmd_train(cfg: DictConfig) -> int:
         env_id,
         env_kwargs,
         run_dir,
-        f"bc on {env_id}",
+        f"{cfg.algo.name} on {env_id}",
         extra={
             "policy": str(policy_dir),
             "data": str(store.path),
             "demos": store.n_episodes,
-            "train_steps": bc_cfg.steps,
+            "train_steps": algo_cfg.steps,
         },
+    )
+    return 0
+
+
+def _train_dsrl(cfg: DictConfig) -> int:
+    """Steer the diffusion policy ``base`` by DSRL in ``env``, then evaluate the result."""
+    from robolearn.algos.diffusion import DiffusionPolicy
+    from robolearn.algos.dsrl.train import make_evaluator, train_dsrl
+    from robolearn.envs import make_env, make_vector_env
+
+    device = resolve_device(cfg.device)
+    base = load_policy(cfg.base, device=device)
+    if not isinstance(base, DiffusionPolicy):
+        raise ConfigError(f"base={cfg.base}: is a {base.policy_type} policy, not a diffusion one")
+    env_kwargs = _env_kwargs(cfg)
+    probe = make_env(cfg.env.id, env_kwargs)
+    obs_keys = list(getattr(probe.observation_space, "spaces", [FLAT_OBS_KEY]))
+    probe.close()
+    missing = [k for k in base.obs_keys if k not in obs_keys]
+    if missing:
+        raise ConfigError(
+            f"base={cfg.base}: needs observation keys {missing}, which env={cfg.env.name} "
+            f"does not provide (it has {obs_keys})"
+        )
+    dsrl_cfg = dsrl_config(cfg)
+    run_dir = make_run_dir(cfg, "train")
+    _say(f"run folder: {run_dir}")
+    eval_envs = min(10, dsrl_cfg.eval_episodes)
+    evaluator = make_evaluator(
+        lambda: make_vector_env(cfg.env.id, eval_envs, env_kwargs),
+        dsrl_cfg.eval_episodes,
+        seed=int(cfg.seed) + EVAL_SEED_OFFSET,
+    )
+    demos = EpisodeStore.open(cfg.algo.demo_store) if cfg.algo.demo_store else None
+    _say(
+        f"steering {cfg.base} by DSRL-{dsrl_cfg.variant.upper()} for {dsrl_cfg.env_steps} env "
+        f"steps of {cfg.env.id}"
+    )
+    steered = train_dsrl(
+        base,
+        lambda: make_env(cfg.env.id, env_kwargs),
+        dsrl_cfg,
+        run_dir,
+        evaluator,
+        demos=demos,
+        seed=int(cfg.seed),
+        device=device,
+        progress=cfg.progress,
+    )
+    policy_dir = steered.save(run_dir / "policy")
+    _say(f"policy: {policy_dir}; success curve: {run_dir / 'success.png'}")
+    evaluate(
+        cfg,
+        steered,
+        cfg.env.id,
+        env_kwargs,
+        run_dir,
+        f"DSRL-{dsrl_cfg.variant.upper()} on {cfg.env.id}",
+        extra={"policy": str(policy_dir), "base": str(cfg.base), "env_steps": dsrl_cfg.env_steps},
     )
     return 0
 
@@ -707,7 +798,7 @@ def _describe_space(space: Any) -> dict[str, Any]:
     return {"shape": list(space.shape), "dtype": str(space.dtype)}
 
 
-TRAINERS = {"bc", "raptor"}
+TRAINERS = {"bc", "diffusion", "dsrl", "raptor"}
 VERBS: dict[str, Callable[[DictConfig], int]] = {
     "record": cmd_record,
     "train": cmd_train,

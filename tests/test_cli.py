@@ -288,3 +288,50 @@ def test_raptor_pipeline_end_to_end_and_resume(tmp_path, capsys):
     # A resumed run reuses the trained teachers instead of training them again.
     assert main(["train", f"resume={run}", *QUICK]) == 0
     assert "loading the 2 trained teachers" in capsys.readouterr().out
+
+
+def test_diffusion_then_dsrl_steering_and_resume(demos, tmp_path):
+    base_run = tmp_path / "diffusion"
+    args = [
+        "train",
+        "algo=diffusion_mlp",
+        f"data={demos}",
+        "algo.steps=40",
+        "algo.log_every=20",
+        "episodes=2",
+        "video_episodes=0",
+        f"run_dir={base_run}",
+        *QUICK,
+    ]
+    assert main(args) == 0
+    assert (base_run / "loss.png").is_file() and (base_run / "policy" / "policy.json").is_file()
+
+    run = tmp_path / "dsrl"
+    steer = [
+        "train",
+        "algo=dsrl",
+        "env=arm_reach",
+        f"base={base_run / 'policy'}",
+        f"algo.demo_store={demos}",
+        "algo.env_steps=200",
+        "algo.warmup_env_steps=100",
+        "algo.eval_every=100",
+        "algo.eval_episodes=2",
+        "algo.batch_size=32",
+        "algo.net_arch=[32,32]",
+        "episodes=2",
+        "video_episodes=0",
+        f"run_dir={run}",
+        *QUICK,
+    ]
+    assert main(steer) == 0
+    for name in ("success.png", "policy/policy.json", "policy/base/policy.json", "report.json"):
+        assert (run / name).exists(), name
+    evals = (run / "metrics.csv").read_text().count("eval/success")
+    assert evals >= 3  # env step 0, ~100 and ~200
+    # A resumed run with a larger budget continues from its checkpoint, not from scratch.
+    assert main(["train", f"resume={run}", "algo.env_steps=300", *QUICK]) == 0
+    rows = (run / "metrics.csv").read_text().splitlines()
+    steps = [int(r.split(",")[0]) for r in rows[1:] if "eval/success" in r]
+    assert steps[0] == 0 and steps.count(0) == 1 and steps[-1] >= 300
+    assert main(["train", "algo=dsrl", f"base={demos}", *QUICK]) == 2

@@ -550,7 +550,9 @@ def train_diffusion(
     val_windows = sampler(val_mask) if val_mask.any() else None
     schedule = policy.schedule
 
-    def loss_on(net: nn.Module, windows: dict[str, np.ndarray], gen: torch.Generator) -> torch.Tensor:
+    def loss_on(
+        net: nn.Module, windows: dict[str, np.ndarray], gen: torch.Generator
+    ) -> torch.Tensor:
         obs = {
             k: torch.as_tensor(windows[k][:, : cfg.obs_steps], device=policy.device)
             for k in obs_keys

@@ -40,9 +40,12 @@ class _BaseNoiseWarmup:
     """Warm-up with the base policy's own noise, N(0, I) clipped to [-b_w, b_w]."""
 
     noise_bound: float
+    seed: int | None
 
     def _warmup_noise(self, n_envs: int, dim: int) -> np.ndarray:
-        noise = np.random.standard_normal((n_envs, dim)).astype(np.float32)
+        if getattr(self, "_warmup_rng", None) is None:
+            self._warmup_rng = np.random.default_rng(self.seed)
+        noise = self._warmup_rng.standard_normal((n_envs, dim), dtype=np.float32)
         return np.clip(noise, -self.noise_bound, self.noise_bound)
 
 
@@ -133,6 +136,15 @@ class DSRLNA(_BaseNoiseWarmup, SAC):
             lr=self.lr_schedule(1),
             **self.policy.optimizer_kwargs,
         )
+
+    def set_env(self, env: Any, force_reset: bool = True) -> None:
+        """Attach a (new) chunk-level env; SB3 would compare it with the noise space."""
+        noise_space = self.action_space
+        self.action_space = self.chunk_space
+        try:
+            super().set_env(env, force_reset)
+        finally:
+            self.action_space = noise_space
 
     # --- decoding ---------------------------------------------------------------------------
 

@@ -327,7 +327,10 @@ def train_dsrl(
         env = model.get_env()
         cls = type(model)
         extra = {"base": base} if cfg.variant == "na" else {}
-        model = cls.load(latest / MODEL_FILE, env=env, device=device, **extra)
+        # Loaded without the env and attached after: DSRL-NA's env acts in chunks, the saved
+        # action space is its actor's noise space.
+        model = cls.load(latest / MODEL_FILE, device=device, **extra)
+        model.set_env(env)
         model.load_replay_buffer(latest / BUFFER_FILE)
         state = json.loads((latest / PROGRESS_FILE).read_text())
         run.env_steps, run.next_eval = state["env_steps"], state["next_eval"]
