@@ -242,10 +242,8 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         )
     body = "\n".join(
         [
-            "- command: `python -m benchmarks.bench_dsrl run ...` per (task, method, seed), then "
-            "`python -m benchmarks.bench_dsrl aggregate`",
-            f"- machine: {machine()}",
-            f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit()}",
+            "Runs: `python -m benchmarks.bench_dsrl run --task T --method M --seed S` each, "
+            "then this aggregation.",
             "",
             table(["task", "method", "seeds", *[f"{b // 1000}k steps" for b in budgets]], rows),
             "",
@@ -288,16 +286,13 @@ def cmd_latency(args: argparse.Namespace) -> None:
         rows.append(cells)
     body = "\n".join(
         [
-            "- command: `python -m benchmarks.bench_dsrl latency`",
-            f"- machine: {machine()} (1 torch thread)",
-            f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit()}",
-            "",
             table(
                 ["denoiser", "DDIM 8: ms/chunk", "DDIM 16: ms/chunk", "steering: + ms/chunk"],
                 rows,
             ),
             "",
-            "Batch 1, median of 20 calls after a warm-up. Steering adds one noise-actor forward "
+            "Batch 1, 1 torch thread, median of 20 calls after a warm-up (measured while another "
+            "job ran on the second core). Steering adds one noise-actor forward "
             "(3x256 MLP) per chunk; the base sampler dominates.",
         ]
     )
