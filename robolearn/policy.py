@@ -67,6 +67,40 @@ class Policy(abc.ABC):
         return cls(**read_policy_file(path)["config"])
 
 
+class TorchModelPolicy(Policy):
+    """A policy whose learned state is one torch module, ``self.model``, plus an optional
+    ``self.normalizer``; its constructor takes ``config()``'s keys, ``normalizer`` and ``device``.
+    Saves and loads both next to ``policy.json``."""
+
+    model: Any
+    normalizer: Any
+    device: Any
+
+    def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = super().save(path)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(path / WEIGHTS_FILE))
+        if self.normalizer is not None:
+            self.normalizer.save(path / NORMALIZER_FILE)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> Policy:
+        from safetensors.torch import load_file
+
+        from robolearn.data.normalizer import Normalizer
+
+        path = Path(path)
+        config = read_policy_file(path)["config"]
+        normalizer_file = path / NORMALIZER_FILE
+        normalizer = Normalizer.load(normalizer_file) if normalizer_file.exists() else None
+        policy = cls(**config, normalizer=normalizer, device=device)
+        policy.model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=str(policy.device)))
+        return policy
+
+
 def write_policy_file(path: Path, cls: type, config: dict[str, Any]) -> None:
     """Write ``policy.json`` naming the class that loads this checkpoint."""
     meta = {

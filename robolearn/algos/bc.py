@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from robolearn.data.normalizer import Normalizer
 from robolearn.data.sampler import split_episodes
@@ -24,9 +24,8 @@ from robolearn.policy import (
     NORMALIZER_FILE,
     WEIGHTS_FILE,
     Observation,
-    Policy,
+    TorchModelPolicy,
     as_dict,
-    read_policy_file,
 )
 from robolearn.training import Checkpointer, MetricLog
 from robolearn.utils import progress_bar, seed_everything
@@ -73,7 +72,7 @@ class BCConfig:
             fail("normalization", "must be limits or gaussian")
 
 
-class MLPPolicy(Policy):
+class MLPPolicy(TorchModelPolicy):
     """Observation keys -> normalised, concatenated features -> MLP -> action in [-1, 1]."""
 
     policy_type = "bc_mlp"
@@ -130,26 +129,6 @@ class MLPPolicy(Policy):
             "hidden": self.hidden,
             "activation": self.activation,
         }
-
-    def save(self, path: str | Path) -> Path:
-        path = super().save(path)
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-            str(path / WEIGHTS_FILE),
-        )
-        if self.normalizer is not None:
-            self.normalizer.save(path / NORMALIZER_FILE)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> MLPPolicy:
-        path = Path(path)
-        config = read_policy_file(path)["config"]
-        normalizer_file = path / NORMALIZER_FILE
-        normalizer = Normalizer.load(normalizer_file) if normalizer_file.exists() else None
-        policy = cls(**config, normalizer=normalizer, device=device)
-        policy.model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=str(policy.device)))
-        return policy
 
 
 def default_obs_keys(data: dict[str, np.ndarray], observation_keys: Sequence[str]) -> list[str]:

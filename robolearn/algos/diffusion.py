@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from robolearn.data.normalizer import Normalizer
@@ -42,9 +42,8 @@ from robolearn.policy import (
     NORMALIZER_FILE,
     WEIGHTS_FILE,
     Observation,
-    Policy,
+    TorchModelPolicy,
     as_dict,
-    read_policy_file,
 )
 from robolearn.training import EMA, Checkpointer, MetricLog
 from robolearn.utils import progress_bar, seed_everything
@@ -318,7 +317,7 @@ class ObservationHistory:
         return {k: np.stack([f[k] for f in self._frames], axis=1) for k in self.keys}
 
 
-class DiffusionPolicy(Policy):
+class DiffusionPolicy(TorchModelPolicy):
     """A diffusion policy: To observations -> DDIM from noise -> Ta executed actions.
 
     ``act(obs)`` keeps a history of the last To observations and a queue of planned actions,
@@ -462,26 +461,6 @@ class DiffusionPolicy(Policy):
             "action_dim": self.action_dim,
             "config": self.cfg.to_dict(),
         }
-
-    def save(self, path: str | Path) -> Path:
-        path = super().save(path)
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-            str(path / WEIGHTS_FILE),
-        )
-        if self.normalizer is not None:
-            self.normalizer.save(path / NORMALIZER_FILE)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> DiffusionPolicy:
-        path = Path(path)
-        config = read_policy_file(path)["config"]
-        normalizer_file = path / NORMALIZER_FILE
-        normalizer = Normalizer.load(normalizer_file) if normalizer_file.exists() else None
-        policy = cls(**config, normalizer=normalizer, device=device)
-        policy.model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=str(policy.device)))
-        return policy
 
 
 # ------------------------------------------------------------------------------ training ---
