@@ -160,6 +160,9 @@ def test_render_is_an_upright_rgb_frame():
     env.reset(seed=0)
     frame = env.render()
     assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8 and frame.std() > 10
+    # Upright: the empty (black) background is above the table, not below it.
+    background = frame.astype(int).sum(axis=-1) < 15
+    assert background[:16].mean() > 0.5 and background[-16:].mean() < 0.05
     env.close()
 
 
