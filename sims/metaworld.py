@@ -60,8 +60,9 @@ import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402 - MUJOCO_GL must be set before mujoco is imported
 import numpy as np  # noqa: E402
 
-from robolearn.policy import FLAT_OBS_KEY, Observation, Policy  # noqa: E402
+from robolearn.policy import FLAT_OBS_KEY, Observation  # noqa: E402
 from sims import METAWORLD_ENVS, METAWORLD_TASKS  # noqa: E402
+from sims.noisy_expert import NoisyExpert  # noqa: E402
 
 #: gym id -> Meta-World task name.
 ENV_TASKS = dict(METAWORLD_ENVS)
@@ -228,7 +229,7 @@ class MetaWorldEnv(gym.Env):
         return np.clip(obs, space.low, space.high).astype(np.float32)
 
 
-class MetaWorldExpert(Policy):
+class MetaWorldExpert(NoisyExpert):
     """Meta-World's scripted policy of a task (``metaworld.policies``), batched.
 
     The package's policy maps one 39-D observation to an action through a few hand-written
@@ -255,28 +256,8 @@ class MetaWorldExpert(Policy):
 
     def __init__(self, task: str, noise: float = 0.0, seed: int = 0) -> None:
         _check_task(task)
-        if noise < 0:
-            raise ValueError(f"noise must be >= 0, got {noise}")
-        self.task = task
-        self.noise = float(noise)
-        self.seed = int(seed)
         self._policy = _import_metaworld("policies").ENV_POLICY_MAP[task]()
-        self._resets = 0
-        self.reset()
-
-    def config(self) -> dict[str, Any]:
-        return {"task": self.task, "noise": self.noise, "seed": self.seed}
-
-    def reset(self, batch_size: int = 1) -> None:
-        """Restart the noise state for ``batch_size`` episodes.
-
-        The k-th reset after construction reseeds the noise stream with ``(seed, k)``, so a
-        fresh expert with the same seed reproduces the same noisy demonstrations, while
-        successive batches of episodes still get different noise.
-        """
-        self._rng = np.random.default_rng([self.seed, self._resets])
-        self._resets += 1
-        self._drift = np.zeros((batch_size, 3))
+        super().__init__(task, noise, seed)
 
     def act(self, obs: Observation) -> np.ndarray:
         flat = obs[FLAT_OBS_KEY] if isinstance(obs, dict) else obs
@@ -298,18 +279,9 @@ class MetaWorldExpert(Policy):
         return np.clip(action, -1.0, 1.0).astype(np.float32)
 
     def _perturb(self, action: np.ndarray) -> None:
-        batch = len(action)
-        if self._drift.shape[0] != batch:
-            self._drift = np.zeros((batch, 3))
-        rng, rho = self._rng, 0.8
-        self._drift = rho * self._drift + np.sqrt(1 - rho**2) * self.noise * rng.normal(
-            size=(batch, 3)
-        )
-        action[:, :3] += self._drift
-        wrong = rng.random(batch) < 0.15 * self.noise
-        action[wrong, :3] = rng.uniform(-1.0, 1.0, (int(wrong.sum()), 3))
-        grip = rng.random(batch) < 0.08 * self.noise
-        action[grip, 3] = rng.uniform(-1.0, 1.0, int(grip.sum()))
+        rng = self.perturb_motion(action)
+        grip = rng.random(len(action)) < 0.08 * self.noise
+        action[grip, 3] = rng.uniform(-1.0, 1.0, int(grip.sum()))  # a wrong gripper effort
 
 
 def make_expert(env_id: str, noise: float = 0.0, seed: int = 0) -> MetaWorldExpert:

@@ -9,12 +9,11 @@ behaviour-cloning policy to imitate.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from robolearn.policy import Observation, Policy
+from robolearn.policy import Observation
 from robolearn.robots.panda import GRIPPER_MAX_OPENING
+from sims.noisy_expert import NoisyExpert
 
 #: gym id -> expert task name.
 ENV_TASKS = {
@@ -33,7 +32,7 @@ _HOVER = 0.07  # height of the TCP above the block centre before descending onto
 _PUSH_BACKOFF = 0.05  # TCP distance behind the block centre where a push starts
 
 
-class ArmExpert(Policy):
+class ArmExpert(NoisyExpert):
     """Scripted expert for ``"reach"``, ``"push"`` or ``"pick_place"``.
 
     Actions are proportional moves of the tool centre point (TCP) towards a phase-dependent
@@ -66,27 +65,7 @@ class ArmExpert(Policy):
     def __init__(self, task: str, noise: float = 0.0, seed: int = 0) -> None:
         if task not in self.tasks:
             raise ValueError(f"task must be one of {self.tasks}, got {task!r}")
-        if noise < 0:
-            raise ValueError(f"noise must be >= 0, got {noise}")
-        self.task = task
-        self.noise = float(noise)
-        self.seed = int(seed)
-        self._resets = 0
-        self.reset()
-
-    def config(self) -> dict[str, Any]:
-        return {"task": self.task, "noise": self.noise, "seed": self.seed}
-
-    def reset(self, batch_size: int = 1) -> None:
-        """Restart the noise state for ``batch_size`` episodes.
-
-        The k-th reset after construction reseeds the noise stream with ``(seed, k)``, so a
-        fresh expert with the same seed reproduces the same noisy demonstrations, while
-        successive batches of episodes still get different noise.
-        """
-        self._rng = np.random.default_rng([self.seed, self._resets])
-        self._resets += 1
-        self._drift = np.zeros((batch_size, 3))
+        super().__init__(task, noise, seed)
 
     def act(self, obs: Observation) -> np.ndarray:
         if not isinstance(obs, dict):
@@ -112,17 +91,9 @@ class ArmExpert(Policy):
         return np.clip(action, -1.0, 1.0).astype(np.float32)
 
     def _perturb(self, action: np.ndarray) -> None:
-        batch = len(action)
-        if self._drift.shape[0] != batch:
-            self._drift = np.zeros((batch, 3))
-        rng, rho = self._rng, 0.8
-        self._drift = rho * self._drift + np.sqrt(1 - rho**2) * self.noise * rng.normal(
-            size=(batch, 3)
-        )
-        action[:, :3] = np.clip(action[:, :3], -1.0, 1.0) + self._drift
-        wrong = rng.random(batch) < 0.15 * self.noise
-        action[wrong, :3] = rng.uniform(-1.0, 1.0, (int(wrong.sum()), 3))
-        action[rng.random(batch) < 0.08 * self.noise, 3] = 1.0
+        action[:, :3] = np.clip(action[:, :3], -1.0, 1.0)
+        rng = self.perturb_motion(action)
+        action[rng.random(len(action)) < 0.08 * self.noise, 3] = 1.0  # opens too early
 
 
 def _pick_place(
