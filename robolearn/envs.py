@@ -12,8 +12,9 @@ from typing import Any
 
 import gymnasium as gym
 
-#: Packages that register robolearn environments when imported.
-ENV_PACKAGES = ("sims",)
+#: Packages that register robolearn environments when imported (``hw`` imports no ROS until a
+#: hardware env is made).
+ENV_PACKAGES = ("sims", "hw")
 
 
 def ensure_registered(env_id: str) -> None:

@@ -35,6 +35,8 @@ HAND_YAW = -np.pi / 4
 TCP_OFFSET = 0.1034
 
 JOINT_NAMES = tuple(f"panda_joint{i}" for i in range(1, 8))
+#: The gripper's two finger joints as ros2_control names them; each opens by half the opening.
+FINGER_JOINT_NAMES = ("panda_finger_joint1", "panda_finger_joint2")
 JOINT_LOWER = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
 JOINT_UPPER = np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])
 HOME_QPOS = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])

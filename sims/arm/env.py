@@ -19,7 +19,7 @@ import dataclasses
 import math
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -66,6 +66,53 @@ class ArmRandomization:
     joint_noise: float = 0.02
     camera_pos_noise: float = 0.0
     camera_angle_noise: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmScene:
+    """An episode's initial state, drawn by :meth:`ArmEnv.sample_scene`.
+
+    Attributes:
+        joint_pos: Initial arm joint positions (7,); the gripper starts fully open.
+        object_xy: The block's initial centre on the table (2,), ``None`` without a block.
+        object_mass: The block's mass in kg, ``None`` without a block.
+        object_friction: The block's sliding friction coefficient, ``None`` without a block.
+        goal: The goal position (3,).
+    """
+
+    joint_pos: np.ndarray
+    object_xy: np.ndarray | None
+    object_mass: float | None
+    object_friction: float | None
+    goal: np.ndarray
+
+
+def observation_space(has_object: bool, image_size: int | None = None) -> gym.spaces.Dict:
+    """The arm tasks' observation space (shared with the ROS 2 hardware env, :mod:`hw`).
+
+    Args:
+        has_object: Whether the task has the block (adds ``object_pos``).
+        image_size: Side of the ``image`` entry in pixels; ``None`` for no image.
+    """
+    far = np.full(3, 3.0, dtype=np.float32)
+    spaces = {
+        "joint_pos": gym.spaces.Box(
+            (JOINT_LOWER - 0.1).astype(np.float32), (JOINT_UPPER + 0.1).astype(np.float32)
+        ),
+        "ee_pos": gym.spaces.Box(-far, far),
+        "gripper": gym.spaces.Box(-0.01, GRIPPER_MAX_OPENING + 0.01, (1,), np.float32),
+    }
+    if has_object:
+        spaces["object_pos"] = gym.spaces.Box(-far, far)
+    spaces["goal_pos"] = gym.spaces.Box(-far, far)
+    if image_size is not None:
+        spaces["image"] = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+    return gym.spaces.Dict(spaces)
+
+
+def action_space(use_yaw: bool = False) -> gym.spaces.Box:
+    """The arm tasks' action space: TCP delta and gripper (and a yaw delta with ``use_yaw``)."""
+    return gym.spaces.Box(-1.0, 1.0, (5 if use_yaw else 4,), np.float32)
 
 
 # Envs with open renderers. Their GL contexts are freed by an atexit hook registered after the
@@ -180,31 +227,47 @@ class ArmEnv(gym.Env, abc.ABC):
         self._goal_obs = np.zeros(3, dtype=np.float32)
         self._renderers: dict[int, mujoco.Renderer] = {}
 
-        far = np.full(3, 3.0, dtype=np.float32)
-        spaces = {
-            "joint_pos": gym.spaces.Box(
-                (JOINT_LOWER - 0.1).astype(np.float32), (JOINT_UPPER + 0.1).astype(np.float32)
-            ),
-            "ee_pos": gym.spaces.Box(-far, far),
-            "gripper": gym.spaces.Box(-0.01, GRIPPER_MAX_OPENING + 0.01, (1,), np.float32),
-        }
-        if self.has_object:
-            spaces["object_pos"] = gym.spaces.Box(-far, far)
-        spaces["goal_pos"] = gym.spaces.Box(-far, far)
-        if image:
-            spaces["image"] = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
-        self.observation_space = gym.spaces.Dict(spaces)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (self.ik.action_dim,), np.float32)
+        self.observation_space = observation_space(self.has_object, image_size if image else None)
+        self.action_space = action_space(use_yaw)
 
     # --- task hooks -------------------------------------------------------------------------
 
+    @classmethod
     @abc.abstractmethod
-    def _sample_task(self, rng: np.random.Generator) -> None:
-        """Place the block (if any) and the goal; called by ``reset`` after the arm is set."""
+    def _sample_task(
+        cls, rng: np.random.Generator, rand: ArmRandomization
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """The block's initial xy (``None`` without a block) and the goal position."""
 
+    @classmethod
     @abc.abstractmethod
-    def _evaluate(self, obs: dict[str, np.ndarray]) -> tuple[float, bool]:
-        """Reward and success for the current state."""
+    def evaluate(cls, obs: Mapping[str, np.ndarray]) -> tuple[float, bool]:
+        """Reward and success of an observation (a function of the observation only, so the
+        hardware env of the same task scores episodes identically)."""
+
+    @classmethod
+    def sample_scene(
+        cls,
+        rng: np.random.Generator,
+        rand: ArmRandomization,
+        perturb_camera: Callable[[np.random.Generator], None] | None = None,
+    ) -> ArmScene:
+        """Draw an episode's initial state from ``rng``, as ``reset`` does.
+
+        A classmethod, so other engines (the PyBullet stand-in hardware) start an episode of a
+        given seed from the very same state. ``perturb_camera`` draws the camera noise at its
+        place in the random stream (MuJoCo only; the numbers after it depend on it).
+        """
+        noise = rand.joint_noise
+        q = np.clip(HOME_QPOS + rng.uniform(-noise, noise, 7), JOINT_LOWER, JOINT_UPPER)
+        if perturb_camera is not None:
+            perturb_camera(rng)
+        mass = friction = None
+        if cls.has_object:
+            mass = float(rng.uniform(*rand.object_mass))
+            friction = float(rng.uniform(*rand.object_friction))
+        object_xy, goal = cls._sample_task(rng, rand)
+        return ArmScene(q, object_xy, mass, friction, goal)
 
     # --- gymnasium API ----------------------------------------------------------------------
 
@@ -216,32 +279,30 @@ class ArmEnv(gym.Env, abc.ABC):
         rand = self.randomization
         model, data = self.model, self.data
         mujoco.mj_resetData(model, data)
-
-        noise = rand.joint_noise
-        q = np.clip(HOME_QPOS + rng.uniform(-noise, noise, 7), JOINT_LOWER, JOINT_UPPER)
-        data.qpos[:7] = q
-        data.ctrl[:7] = q
-        data.qpos[7:9] = GRIPPER_MAX_OPENING / 2
-        data.ctrl[7:9] = GRIPPER_MAX_OPENING / 2
-
         model.cam_pos[:] = self._nominal_cam_pos
         model.cam_quat[:] = self._nominal_cam_quat
-        if rand.camera_pos_noise > 0 or rand.camera_angle_noise > 0:
-            self._perturb_camera(rng)
+        camera_noise = rand.camera_pos_noise > 0 or rand.camera_angle_noise > 0
+        scene = self.sample_scene(rng, rand, self._perturb_camera if camera_noise else None)
+
+        data.qpos[:7] = scene.joint_pos
+        data.ctrl[:7] = scene.joint_pos
+        data.qpos[7:9] = GRIPPER_MAX_OPENING / 2
+        data.ctrl[7:9] = GRIPPER_MAX_OPENING / 2
         if self.has_object:
-            mass = rng.uniform(*rand.object_mass)
-            model.body_mass[self._block_body] = mass
+            model.body_mass[self._block_body] = scene.object_mass
             model.body_inertia[self._block_body] = self._nominal_inertia * (
-                mass / self._nominal_mass
+                scene.object_mass / self._nominal_mass
             )
-            model.geom_friction[self._block_geom, 0] = rng.uniform(*rand.object_friction)
-        self._sample_task(rng)
+            model.geom_friction[self._block_geom, 0] = scene.object_friction
+            x, y = scene.object_xy
+            self._block_qpos[:] = (x, y, BLOCK_HALF, 1.0, 0.0, 0.0, 0.0)
+        self._goal = scene.goal
         data.mocap_pos[self._goal_mocap] = self._goal
         self._goal_obs = self._goal.astype(np.float32)
         mujoco.mj_forward(model, data)
 
         obs = self._observe()
-        _, success = self._evaluate(obs)
+        _, success = self.evaluate(obs)
         return obs, {"success": success}
 
     def step(
@@ -255,7 +316,7 @@ class ArmEnv(gym.Env, abc.ABC):
         # mj_step leaves positions computed before its last integration; refresh the TCP site.
         mujoco.mj_kinematics(self.model, self.data)
         obs = self._observe()
-        reward, success = self._evaluate(obs)
+        reward, success = self.evaluate(obs)
         return obs, reward, success and self.terminate_on_success, False, {"success": success}
 
     def render(self) -> np.ndarray | None:
@@ -317,7 +378,8 @@ class ArmEnv(gym.Env, abc.ABC):
                 mujoco.mju_mulQuat(quat, model.cam_quat[cam], delta)
                 model.cam_quat[cam] = quat
 
-    def _box(self, override: Box2 | None, default: Box2, rng: np.random.Generator) -> np.ndarray:
+    @staticmethod
+    def _box(override: Box2 | None, default: Box2, rng: np.random.Generator) -> np.ndarray:
         low, high = override if override is not None else default
         return rng.uniform(low, high)
 
@@ -329,12 +391,16 @@ class ArmReachEnv(ArmEnv):
     has_object = False
     success_threshold = 0.03
 
-    def _sample_task(self, rng: np.random.Generator) -> None:
-        self._goal = self._box(self.randomization.goal, self.default_goal, rng)
+    @classmethod
+    def _sample_task(
+        cls, rng: np.random.Generator, rand: ArmRandomization
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        return None, cls._box(rand.goal, cls.default_goal, rng)
 
-    def _evaluate(self, obs: dict[str, np.ndarray]) -> tuple[float, bool]:
+    @classmethod
+    def evaluate(cls, obs: Mapping[str, np.ndarray]) -> tuple[float, bool]:
         dist = _dist(obs["ee_pos"], obs["goal_pos"])
-        success = dist < self.success_threshold
+        success = dist < cls.success_threshold
         return -dist + float(success), success
 
 
@@ -346,23 +412,25 @@ class ArmPushEnv(ArmEnv):
     #: Minimum initial block-to-goal distance, so no episode starts solved.
     min_goal_distance = 0.1
 
-    def _sample_task(self, rng: np.random.Generator) -> None:
-        rand = self.randomization
-        xy = self._box(rand.object_xy, self.default_object_xy, rng)
-        self._block_qpos[:] = (xy[0], xy[1], BLOCK_HALF, 1.0, 0.0, 0.0, 0.0)
-        goal = self._box(rand.goal, self.default_goal, rng)
+    @classmethod
+    def _sample_task(
+        cls, rng: np.random.Generator, rand: ArmRandomization
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        xy = cls._box(rand.object_xy, cls.default_object_xy, rng)
+        goal = cls._box(rand.goal, cls.default_goal, rng)
         # Rejection sampling with the episode's own RNG keeps resets fully seed-determined.
-        while math.hypot(goal[0] - xy[0], goal[1] - xy[1]) < self.min_goal_distance:
-            goal = self._box(rand.goal, self.default_goal, rng)
+        while math.hypot(goal[0] - xy[0], goal[1] - xy[1]) < cls.min_goal_distance:
+            goal = cls._box(rand.goal, cls.default_goal, rng)
         goal[2] = BLOCK_HALF
-        self._goal = goal
+        return xy, goal
 
-    def _evaluate(self, obs: dict[str, np.ndarray]) -> tuple[float, bool]:
+    @classmethod
+    def evaluate(cls, obs: Mapping[str, np.ndarray]) -> tuple[float, bool]:
         obj, goal = obs["object_pos"], obs["goal_pos"]
         # The xy offset in float32, the observations' precision, in one numpy call.
         dx, dy, _ = (obj - goal).tolist()
         dist = math.hypot(dx, dy)
-        success = dist < self.success_threshold
+        success = dist < cls.success_threshold
         return -dist - 0.5 * _dist(obs["ee_pos"], obj) + float(success), success
 
 
@@ -372,16 +440,18 @@ class ArmPickPlaceEnv(ArmEnv):
     task = "pick_place"
     default_goal = ((0.35, -0.2, 0.1), (0.65, 0.2, 0.3))
 
-    def _sample_task(self, rng: np.random.Generator) -> None:
-        rand = self.randomization
-        xy = self._box(rand.object_xy, self.default_object_xy, rng)
-        self._block_qpos[:] = (xy[0], xy[1], BLOCK_HALF, 1.0, 0.0, 0.0, 0.0)
-        self._goal = self._box(rand.goal, self.default_goal, rng)
+    @classmethod
+    def _sample_task(
+        cls, rng: np.random.Generator, rand: ArmRandomization
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        xy = cls._box(rand.object_xy, cls.default_object_xy, rng)
+        return xy, cls._box(rand.goal, cls.default_goal, rng)
 
-    def _evaluate(self, obs: dict[str, np.ndarray]) -> tuple[float, bool]:
+    @classmethod
+    def evaluate(cls, obs: Mapping[str, np.ndarray]) -> tuple[float, bool]:
         obj = obs["object_pos"]
         dist = _dist(obj, obs["goal_pos"])
-        success = dist < self.success_threshold
+        success = dist < cls.success_threshold
         return -dist - 0.5 * _dist(obs["ee_pos"], obj) + float(success), success
 
 
