@@ -406,6 +406,7 @@ class ROS2ArmEnv(gym.Env):
         self._next_tick = time.monotonic()
         obs = self._observe(samples)
         info = self._info(samples, obs)
+        info["overrun"] = False
         info["safety_events"] = []
         return obs, info
 

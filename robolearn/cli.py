@@ -7,6 +7,8 @@ Verbs:
            a diffusion policy; algo=dsrl base=<diffusion checkpoint> steers one by RL
   eval     success rate, MP4 video, PNG plot and a report of a policy in an env
   replay   re-execute a recorded episode in simulation and report the divergence from the log
+  deploy   run a policy on an arm over ROS 2 (hw=standin_arm: a PyBullet stand-in started for
+           you; hw=ros2_arm: a real robot) and record the deployment: the `ros` extra
   info     describe an EpisodeStore: `robolearn info <store>`
 
 Every run writes one folder (default runs/<verb>/<time>-<env>) holding its resolved config, and
@@ -39,7 +41,7 @@ from robolearn.utils import resolve_device
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 #: Evaluation episodes use seeds from ``seed + EVAL_SEED_OFFSET``: disjoint from recordings.
 EVAL_SEED_OFFSET = 1_000_000
-GROUPS = ("env", "policy", "algo")
+GROUPS = ("env", "policy", "algo", "hw")
 
 
 class ConfigError(Exception):
@@ -146,7 +148,15 @@ def validate(cfg: DictConfig, verb: str) -> None:
             ensure_registered(cfg.env.id)
         except ValueError as err:
             raise ConfigError(f"env.id={cfg.env.id!r}: {err}") from None
-    if verb in ("record", "eval"):
+    if verb == "deploy":
+        from hw import HW_IDS
+
+        need(
+            "env.id",
+            cfg.env.id in HW_IDS,
+            f"has no ROS 2 hardware env; deploy runs the arm tasks {sorted(HW_IDS)}",
+        )
+    if verb in ("record", "eval", "deploy"):
         if cfg.policy.name == "checkpoint":
             need(
                 "policy.path",
@@ -758,6 +768,34 @@ def cmd_replay(cfg: DictConfig) -> int:
     return 0
 
 
+def cmd_deploy(cfg: DictConfig) -> int:
+    from hw.deploy import deploy_arm
+
+    cfg.env.name = f"{cfg.hw.name}-{cfg.env.name}"  # run folder runs/deploy/<time>-<hw>-<task>
+    run_dir = make_run_dir(cfg, "deploy")
+    _say(f"run folder: {run_dir}")
+    policy = make_policy(cfg)
+    hw_config = OmegaConf.to_container(cfg.hw, resolve=True)
+    try:
+        deploy_arm(
+            policy,
+            cfg.env.id,
+            hw_config,  # type: ignore[arg-type]
+            run_dir,
+            episodes=cfg.episodes,
+            seed=int(cfg.seed),
+            env_kwargs=_env_kwargs(cfg),
+            progress=cfg.progress,
+            say=_say,
+        )
+    except RuntimeError as err:  # the stand-in died, an e-stop during reset, ...: one message
+        if os.environ.get("ROBOLEARN_DEBUG"):
+            raise
+        print(f"robolearn deploy: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_info(cfg: DictConfig) -> int:
     store = EpisodeStore.open(cfg.store)
     print(json.dumps(describe_store(store), indent=2, default=str))
@@ -804,6 +842,7 @@ VERBS: dict[str, Callable[[DictConfig], int]] = {
     "train": cmd_train,
     "eval": cmd_eval,
     "replay": cmd_replay,
+    "deploy": cmd_deploy,
     "info": cmd_info,
 }
 POSITIONAL = {"info": "store", "replay": "log"}

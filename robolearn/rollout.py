@@ -11,6 +11,7 @@ with it, so ``robolearn replay`` can rebuild its initial state.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -29,6 +30,7 @@ class EpisodeResult:
     episode_return: float
     length: int
     success: bool
+    info: dict[str, str] = dataclasses.field(default_factory=dict)  # episode_info_keys
 
 
 @dataclasses.dataclass
@@ -73,19 +75,39 @@ def control_hz(env: gym.Env | gym.vector.VectorEnv) -> float:
 
 
 class _Batch:
-    """A single env or a vector env seen through one batched interface."""
+    """A single env or a vector env seen through one batched interface.
 
-    def __init__(self, env: gym.Env | gym.vector.VectorEnv) -> None:
+    ``info_keys`` are the info entries the caller wants per env; they come back as one dict
+    per env (a missing entry is absent from that env's dict).
+    """
+
+    def __init__(self, env: gym.Env | gym.vector.VectorEnv, info_keys: Sequence[str]) -> None:
         self.env = env
         self.vector = isinstance(env, gym.vector.VectorEnv)
         self.size = env.num_envs if self.vector else 1
+        self.info_keys = tuple(info_keys)
 
-    def reset(self, seeds: list[int]) -> tuple[Any, np.ndarray]:
+    def _split(self, info: dict[str, Any]) -> list[dict[str, Any]]:
+        if not self.vector:
+            return [{k: info[k] for k in self.info_keys if k in info}]
+        out: list[dict[str, Any]] = [{} for _ in range(self.size)]
+        for key in self.info_keys:
+            if key in info:
+                mask = info.get(f"_{key}", np.ones(self.size, dtype=bool))
+                for i in np.flatnonzero(mask):
+                    out[i][key] = info[key][i]
+        return out
+
+    def reset(self, seeds: list[int]) -> tuple[Any, np.ndarray, list[dict[str, Any]]]:
         if self.vector:
             obs, info = self.env.reset(seed=seeds)
-            return obs, _info_success(info, self.size)
+            return obs, _info_success(info, self.size), self._split(info)
         obs, info = self.env.reset(seed=seeds[0])
-        return _add_batch_dim(obs), np.array([bool(info.get("success", False))])
+        return (
+            _add_batch_dim(obs),
+            np.array([bool(info.get("success", False))]),
+            self._split(info),
+        )
 
     def reset_done(self, done: np.ndarray, seed: int) -> None:
         """Reset finished vector sub-envs so they may keep stepping (their output is ignored)."""
@@ -94,10 +116,11 @@ class _Batch:
 
     def step(
         self, action: np.ndarray
-    ) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
         if self.vector:
             obs, reward, terminated, truncated, info = self.env.step(action)
-            return obs, reward, terminated, truncated, _info_success(info, self.size)
+            success = _info_success(info, self.size)
+            return obs, reward, terminated, truncated, success, self._split(info)
         obs, reward, terminated, truncated, info = self.env.step(action[0])
         return (
             _add_batch_dim(obs),
@@ -105,6 +128,7 @@ class _Batch:
             np.array([terminated]),
             np.array([truncated]),
             np.array([bool(info.get("success", False))]),
+            self._split(info),
         )
 
     def render(self) -> list[np.ndarray]:
@@ -122,6 +146,8 @@ def rollout(
     render_episodes: int = 0,
     progress: bool = True,
     desc: str = "rollout",
+    info_keys: Sequence[str] = (),
+    episode_info_keys: Sequence[str] = (),
 ) -> RolloutResult:
     """Run ``policy`` for ``episodes`` episodes with seeds ``seed, seed+1, ...``.
 
@@ -139,10 +165,16 @@ def rollout(
             ``render_mode="rgb_array"``); returned in ``RolloutResult.videos``.
         progress: Show a progress bar over episodes.
         desc: Progress bar label.
+        info_keys: Numeric info entries recorded per step as data arrays of the same name,
+            each beside the observation it came with (from ``reset`` or the previous
+            ``step``), e.g. a hardware env's measurement stamps. Every step must provide them.
+        episode_info_keys: String info entries of an episode's last step recorded as
+            per-episode metadata (``""`` where absent), e.g. ``abort_reason``; also in
+            :attr:`EpisodeResult.info`.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    batch = _Batch(env)
+    batch = _Batch(env, (*info_keys, *episode_info_keys))
     single_space = env.single_action_space if batch.vector else env.action_space
     action_shape = (batch.size, *single_space.shape)
     dt = 1.0 / control_hz(env)
@@ -156,9 +188,11 @@ def rollout(
         active = np.arange(batch.size) < n_active
         render_mask = np.array([next_episode + i < render_episodes for i in range(batch.size)])
         render_mask &= active
-        obs, success = batch.reset(seeds)
+        obs, success, infos = batch.reset(seeds)
         policy.reset(batch.size)
-        buffers = [_EpisodeBuffer() for _ in range(batch.size)] if store is not None else None
+        buffers = (
+            [_EpisodeBuffer(info_keys) for _ in range(batch.size)] if store is not None else None
+        )
         frames: list[list[np.ndarray]] = [[] for _ in range(batch.size)]
         if render_mask.any():
             _collect_frames(batch.render(), render_mask, frames)
@@ -174,10 +208,12 @@ def rollout(
                     f"{policy.policy_type} policy returned actions of shape {action.shape}; "
                     f"the env expects {action_shape}"
                 )
-            next_obs, reward, terminated, truncated, success = batch.step(action)
+            next_obs, reward, terminated, truncated, success, next_infos = batch.step(action)
             if buffers is not None:
                 for i in np.flatnonzero(running):
-                    buffers[i].add(obs, i, action[i], reward[i], terminated[i], lengths[i] * dt)
+                    buffers[i].add(
+                        obs, i, action[i], reward[i], terminated[i], lengths[i] * dt, infos[i]
+                    )
             returns[running] += reward[running]
             lengths[running] += 1
             succeeded |= success & running
@@ -186,12 +222,16 @@ def rollout(
             done = running & (terminated | truncated)
             for i in np.flatnonzero(done):
                 finished[i] = EpisodeResult(
-                    seeds[i], float(returns[i]), int(lengths[i]), bool(succeeded[i])
+                    seeds[i],
+                    float(returns[i]),
+                    int(lengths[i]),
+                    bool(succeeded[i]),
+                    {k: str(next_infos[i].get(k, "")) for k in episode_info_keys},
                 )
                 bar.update(1)
             running &= ~done
             batch.reset_done((terminated | truncated) & ~running, seed=seeds[0])
-            obs = next_obs
+            obs, infos = next_obs, next_infos
         # Keep results and stored episodes in seed order, so a store always holds a contiguous
         # run of seeds and an interrupted recording resumes at seed + n_episodes.
         for i in sorted(finished):
@@ -202,6 +242,7 @@ def rollout(
                     "success": finished[i].success,
                     "source": source,
                     "episode_return": finished[i].episode_return,
+                    **finished[i].info,
                 }
                 store.add_episode(buffers[i].to_arrays(), meta)
             if render_mask[i]:
@@ -214,7 +255,9 @@ def rollout(
 class _EpisodeBuffer:
     """One episode's steps; observation t is stored with action t (as in Diffusion Policy)."""
 
-    def __init__(self) -> None:
+    def __init__(self, info_keys: Sequence[str] = ()) -> None:
+        self.info_keys = tuple(info_keys)
+        self.info: dict[str, list[Any]] = {key: [] for key in self.info_keys}
         self.obs: dict[str, list[np.ndarray]] = {}
         self.action: list[np.ndarray] = []
         self.reward: list[float] = []
@@ -229,7 +272,12 @@ class _EpisodeBuffer:
         reward: float,
         terminated: bool,
         timestamp: float,
+        info: dict[str, Any],
     ) -> None:
+        for key in self.info_keys:
+            if key not in info:
+                raise KeyError(f"info_keys: the env's info has no {key!r} (it has {sorted(info)})")
+            self.info[key].append(info[key])
         for key, value in as_dict(obs).items():
             self.obs.setdefault(key, []).append(np.array(value[index]))
         self.action.append(action)
@@ -243,6 +291,8 @@ class _EpisodeBuffer:
         data["reward"] = np.asarray(self.reward, dtype=np.float32)
         data["terminated"] = np.asarray(self.terminated, dtype=bool)
         data["timestamp"] = np.asarray(self.timestamp, dtype=np.float64)
+        for key, values in self.info.items():
+            data[key] = np.asarray(values)
         return data
 
 
