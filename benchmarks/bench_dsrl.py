@@ -4,13 +4,17 @@ One run = one (task, method, seed); it writes ``results/dsrl/<task>/<method>-<se
 ``benchmarks/`` (the curve, the base success, timing, machine), so the table fills run by run:
 
     python -m benchmarks.bench_dsrl run --task push --method na --seed 0
+    python -m benchmarks.bench_dsrl run --task push --method na --budget 30000 \
+        --set reward=sparse --tag sparse             # an ablation: DSRLConfig overrides
     python -m benchmarks.bench_dsrl aggregate          # table + curves into BENCHMARKS.md
     python -m benchmarks.bench_dsrl latency            # inference cost per chunk
 
 The base policy of a task is trained once (``algo=diffusion_mlp`` settings) on imperfect
 scripted demonstrations and cached next to the results. Its success on held-out seeds is the
-"demonstrations alone" line. SAC from scratch acts per step on the env's own dense reward (a
-fairer footing for it than the sparse reward DSRL learns from).
+"demonstrations alone" line. Every learner gets the env's own dense reward (SAC from scratch
+acts per step; DSRL sums it over each chunk), so the methods differ only in what they steer.
+DSRL-NA also gets the demonstrations in its replay buffer (DSRL-SAC's buffer holds noise, which
+demonstrations do not have).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +56,15 @@ TASKS: dict[str, tuple[str, str, float, int]] = {
     ),
 }
 METHODS = ("base", "na", "sac", "sac_scratch")
+#: DSRLConfig fields the ablation table shows.
+PROBE_KEYS = ("reward", "noise_prior", "ent_coef", "layer_norm", "gradient_steps")
 BUDGET = 100_000
 EVAL_EVERY = 10_000
 EVAL_EPISODES = 50
+#: DSRLConfig fields the benchmark sets (the rest are algo=dsrl's defaults).
+#: With the env's dense reward an entropy bonus does not pay for longer episodes, and it did
+#: as well as the noise prior on arm push (ablations in BENCHMARKS.md).
+DSRL_OVERRIDES: dict[str, Any] = {"reward": "env", "noise_prior": False, "ent_coef": "auto_0.05"}
 BASE_CONFIG = DiffusionConfig(
     denoiser="mlp",
     obs_steps=1,
@@ -145,6 +156,9 @@ def run_sac_scratch(env_id: str, seed: int, budget: int) -> list[tuple[int, floa
 
 def cmd_run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
+    if args.set and args.method not in ("na", "sac"):
+        raise SystemExit("--set overrides DSRLConfig fields: only for --method na or sac")
+    name = f"{args.method}-{args.tag}" if args.tag else args.method
     env_id = TASKS[args.task][0]
     base, store = base_policy(args.task)
     start = time.perf_counter()
@@ -152,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     out: dict[str, Any] = {
         "task": args.task,
         "env_id": env_id,
-        "method": args.method,
+        "method": name,
         "seed": args.seed,
         "base_success": base_success,
         "demo_success": float(store.meta("success").mean()),
@@ -168,9 +182,18 @@ def cmd_run(args: argparse.Namespace) -> None:
             env_steps=args.budget,
             eval_every=EVAL_EVERY,
             eval_episodes=EVAL_EPISODES,
+            **{**DSRL_OVERRIDES, **dict(_parse_setting(s) for s in args.set)},
         )
-        run_dir = RESULTS / args.task / f"run-{args.method}-{args.seed}"
-        train_dsrl(base, lambda: make_env(env_id), cfg, run_dir, evaluator(env_id), seed=args.seed)
+        run_dir = RESULTS / args.task / f"run-{name}-{args.seed}"
+        train_dsrl(
+            base,
+            lambda: make_env(env_id),
+            cfg,
+            run_dir,
+            evaluator(env_id),
+            demos=store if args.method == "na" else None,
+            seed=args.seed,
+        )
         steps, success = _read_curve(run_dir)
         curve = list(zip(steps, success))
         out["config"] = {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
@@ -180,13 +203,29 @@ def cmd_run(args: argparse.Namespace) -> None:
         machine=machine(),
         commit=commit(),
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        command=f"python -m benchmarks.bench_dsrl run --task {args.task} --method "
-        f"{args.method} --seed {args.seed} --budget {args.budget}",
+        command=" ".join(
+            [
+                f"python -m benchmarks.bench_dsrl run --task {args.task} --method {args.method}",
+                f"--seed {args.seed} --budget {args.budget}",
+                *[f"--set {s}" for s in args.set],
+                *([f"--tag {args.tag}"] if args.tag else []),
+            ]
+        ),
     )
-    path = RESULTS / args.task / f"{args.method}-{args.seed}.json"
+    path = RESULTS / args.task / f"{name}-{args.seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=list))
     print(f"{path}: final success {curve[-1][1]:.0%} (base {base_success:.0%})")
+
+
+def _parse_setting(text: str) -> tuple[str, Any]:
+    """``key=value`` with a YAML value (``noise_prior=true``, ``ent_coef=0.1``)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--set takes key=value, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def _read_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -203,30 +242,45 @@ def _success_at(curve: list[list[float]], budget: int) -> float | None:
     return float([v for s, v in curve if s <= budget * 1.02][-1])
 
 
+def _success_row(runs: list[dict[str, Any]], budgets: Sequence[int]) -> list[str]:
+    """Median success over ``runs`` at each budget ('-' where no run got that far)."""
+    cells = []
+    for budget in budgets:
+        values = [v for r in runs if (v := _success_at(r["curve"], budget)) is not None]
+        cells.append(f"{statistics.median(values):.0%}" if values else "-")
+    return cells
+
+
+def _median_curve(runs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    longest = max(runs, key=lambda r: len(r["curve"]))
+    steps = np.array([s for s, _ in longest["curve"]])
+    curves = [dict(map(tuple, r["curve"])) for r in runs]
+    median = [statistics.median([c.get(int(s), np.nan) for c in curves]) for s in steps]
+    return steps, np.array(median)
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     budgets = (0, 25_000, 50_000, 100_000)
-    rows, notes = [], []
+    probe_budgets = (0, 10_000, 20_000, 30_000)
+    rows, probe_rows, notes = [], [], []
     for task_dir in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
         results = [json.loads(p.read_text()) for p in sorted(task_dir.glob("*-*.json"))]
         if not results:
             continue
+        names = sorted({r["method"] for r in results})
+        ablations = [n for n in names if n not in METHODS]
         curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for method in METHODS:
-            runs = [r for r in results if r["method"] == method]
-            if not runs:
-                continue
-            cells = []
-            for budget in budgets:
-                values = [v for r in runs if (v := _success_at(r["curve"], budget)) is not None]
-                cells.append(f"{statistics.median(values):.0%}" if values else "-")
-            rows.append([task_dir.name, method, len(runs), *cells])
-            longest = max(runs, key=lambda r: len(r["curve"]))
-            steps = np.array([s for s, _ in longest["curve"]])
-            median = [
-                statistics.median([dict(map(tuple, r["curve"])).get(int(s), np.nan) for r in runs])
-                for s in steps
-            ]
-            curves[method] = (steps, np.array(median))
+        for name in [m for m in METHODS if m in names] + ablations:
+            runs = [r for r in results if r["method"] == name]
+            if name in METHODS:
+                rows.append([task_dir.name, name, len(runs), *_success_row(runs, budgets)])
+                curves[name] = _median_curve(runs)
+            if name in ablations or (name == "na" and ablations):
+                settings = runs[0].get("config", {})
+                what = ", ".join(f"{k}={settings[k]}" for k in PROBE_KEYS if k in settings)
+                probe_rows.append(
+                    [task_dir.name, name, what, len(runs), *_success_row(runs, probe_budgets)]
+                )
         first = results[0]
         notes.append(
             f"{task_dir.name}: demonstrations {first['demo_success']:.0%} successful "
@@ -240,21 +294,35 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
             "success rate",
             xlabel="env steps",
         )
-    body = "\n".join(
-        [
-            "Runs: `python -m benchmarks.bench_dsrl run --task T --method M --seed S` each, "
-            "then this aggregation.",
+    body = [
+        "Runs: `python -m benchmarks.bench_dsrl run --task T --method M --seed S` each, "
+        "then this aggregation.",
+        "",
+        table(["task", "method", "seeds", *[f"{b // 1000}k steps" for b in budgets]], rows),
+        "",
+        *[f"- {n}" for n in notes],
+        "",
+        "Success over 50 held-out seeds (from 1,000,000); median over seeds; '-' = no run "
+        "reached that budget yet. Curves: `benchmarks/results/dsrl/<task>.png`.",
+    ]
+    if probe_rows:
+        body += [
             "",
-            table(["task", "method", "seeds", *[f"{b // 1000}k steps" for b in budgets]], rows),
+            "Ablations (`--set key=value --tag T`, DSRL-NA, shorter budgets):",
             "",
-            *[f"- {n}" for n in notes],
-            "",
-            "Success over 50 held-out seeds (from 1,000,000); median over seeds; '-' = no run "
-            "reached that budget yet. Curves: `benchmarks/results/dsrl/<task>.png`.",
+            table(
+                [
+                    "task",
+                    "run",
+                    "settings",
+                    "seeds",
+                    *[f"{b // 1000}k steps" for b in probe_budgets],
+                ],
+                probe_rows,
+            ),
         ]
-    )
-    write_section("dsrl", "DSRL: success vs env steps", body)
-    print(body)
+    write_section("dsrl", "DSRL: success vs env steps", "\n".join(body))
+    print("\n".join(body))
 
 
 def cmd_latency(args: argparse.Namespace) -> None:
@@ -308,6 +376,8 @@ def main() -> None:
     run.add_argument("--method", choices=METHODS, required=True)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--budget", type=int, default=BUDGET)
+    run.add_argument("--set", action="append", default=[], help="DSRLConfig field=value")
+    run.add_argument("--tag", default="", help="name of the variant (results <method>-<tag>)")
     sub.add_parser("aggregate")
     sub.add_parser("latency")
     args = parser.parse_args()

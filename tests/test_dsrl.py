@@ -17,7 +17,12 @@ from robolearn.algos.dsrl import (
     make_chunked_vec_env,
     train_dsrl,
 )
-from robolearn.algos.dsrl.train import add_demonstrations, build_learner, make_evaluator
+from robolearn.algos.dsrl.train import (
+    add_demonstrations,
+    build_learner,
+    make_evaluator,
+    steered_policy,
+)
 from robolearn.data.store import EpisodeStore
 from robolearn.policy import load_policy
 from robolearn.rollout import rollout
@@ -165,6 +170,43 @@ def test_demonstrations_fill_the_replay_buffer(fork_base):
     assert rewards.min() >= -4 and rewards.max() <= 0 and (rewards > -4).any()
 
 
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_steered_actor_is_the_sb3_actor_mean(fork_base, layer_norm):
+    base, _ = fork_base
+    cfg = DSRLConfig(n_envs=2, net_arch=(32, 32), layer_norm=layer_norm)
+    model = build_learner(cfg, base, ForkEnv, seed=0)
+    norms = [m for m in model.actor.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == (2 if layer_norm else 0)
+    critic_norms = [m for m in model.action_critic.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(critic_norms) == (4 if layer_norm else 0)  # two Q heads x two hidden layers
+    steered = steered_policy(model, base, cfg.noise_bound)
+    cond = torch.randn(8, base.cond_dim)
+    with torch.no_grad():
+        expected = model.actor(cond, deterministic=True) * cfg.noise_bound
+    torch.testing.assert_close(steered.noise(cond).reshape(8, -1), expected)
+
+
+def test_noise_prior_turns_the_entropy_term_into_a_kl(fork_base):
+    from torch.distributions import AffineTransform, Normal, TanhTransform
+    from torch.distributions import TransformedDistribution as Transformed
+
+    base, _ = fork_base
+    cfg = DSRLConfig(n_envs=2, net_arch=(32, 32), noise_prior=True, ent_coef=0.1)
+    model = build_learner(cfg, base, ForkEnv, seed=0)
+    torch.manual_seed(0)
+    for cond in torch.randn(3, 1, base.cond_dim):
+        with torch.no_grad():
+            _, estimates = model.actor.action_log_prob(cond.repeat(20_000, 1))
+            # The same KL(pi(.|s) || N(0, I)) by torch.distributions, on other samples.
+            mean, log_std, _ = model.actor.get_action_dist_params(cond)
+            scale = AffineTransform(0.0, cfg.noise_bound)
+            pi = Transformed(Normal(mean[0], log_std[0].exp()), [TanhTransform(), scale])
+            w = pi.sample((20_000,)).clamp(-cfg.noise_bound + 1e-4, cfg.noise_bound - 1e-4)
+            reference = (pi.log_prob(w) - Normal(0.0, 1.0).log_prob(w)).sum(1).mean()
+        assert reference > 0
+        assert abs(estimates.mean() - reference) < 0.15, (estimates.mean(), reference)
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="algo.variant"):
         DSRLConfig(variant="ppo")
@@ -172,6 +214,8 @@ def test_config_errors_name_the_key():
         DSRLConfig(noise_bound=0)
     with pytest.raises(ValueError, match="algo.activation"):
         DSRLConfig(activation="Swishy")
+    with pytest.raises(ValueError, match="algo.ent_coef.*noise_prior"):
+        DSRLConfig(noise_prior=True, ent_coef="auto")
 
 
 @pytest.mark.parametrize("variant", ["na", "sac"])

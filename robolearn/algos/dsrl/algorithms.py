@@ -22,6 +22,7 @@ the actor's bound b_w is honoured (upstream NA silently uses 1).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -29,11 +30,94 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.torch_layers import create_mlp
 from stable_baselines3.common.utils import polyak_update
-from stable_baselines3.sac.policies import ContinuousCritic
+from stable_baselines3.sac.policies import Actor, ContinuousCritic, SACPolicy
+from torch import nn
 from torch.nn import functional as F
 
 from robolearn.algos.diffusion import DiffusionPolicy
+
+
+def mlp(
+    in_dim: int, out_dim: int, net_arch: list[int], activation: type[nn.Module], layer_norm: bool
+) -> nn.Sequential:
+    """SB3's MLP, with LayerNorm after every hidden linear layer when ``layer_norm``."""
+    norm = [nn.LayerNorm] if layer_norm else None
+    layers = create_mlp(in_dim, out_dim, net_arch, activation, post_linear_modules=norm)
+    return nn.Sequential(*layers)
+
+
+class DSRLActor(Actor):
+    """SB3's SAC actor over noise, with optional LayerNorm and an optional noise prior.
+
+    With ``noise_prior``, ``action_log_prob`` returns log pi(w|s) - log N(w; 0, I) instead of
+    log pi(w|s): SAC's entropy term becomes a one-sample estimate of KL(pi(.|s) || N(0, I)),
+    the distance to the noise the base policy was trained on. The penalty keeps the actor where
+    Q^W was fitted and the decoded chunks are in distribution, and, being >= 0 on average, never
+    pays the actor to make episodes longer the way an entropy bonus does under a -1 per step
+    reward (with the entropy bonus, DSRL-NA's success on arm push collapsed; BENCHMARKS.md).
+    Both learners use it through SAC's own losses, since those call ``action_log_prob``.
+    """
+
+    def __init__(
+        self, *args: Any, layer_norm: bool = True, noise_prior: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.noise_prior = noise_prior
+        if layer_norm:
+            self.latent_pi = mlp(self.features_dim, -1, self.net_arch, self.activation_fn, True)
+
+    def action_log_prob(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scaled, log_prob = super().action_log_prob(obs)
+        if not self.noise_prior:
+            return scaled, log_prob
+        bound = torch.as_tensor(self.action_space.high, device=scaled.device)
+        noise = scaled * bound
+        log_density = log_prob - torch.log(bound).sum()  # of w, not of w / b_w
+        log_base = -0.5 * noise.pow(2).sum(1) - 0.5 * noise.shape[1] * math.log(2 * math.pi)
+        return scaled, log_density - log_base
+
+
+class DSRLPolicy(SACPolicy):
+    """SB3's SAC policy for noise actions: LayerNorm and the noise prior of :class:`DSRLActor`.
+
+    The released DSRL puts LayerNorm after every linear layer of all its networks
+    (reference/dsrl.md 4); it keeps the critics' TD regression stable at high update ratios.
+    """
+
+    def __init__(
+        self, *args: Any, layer_norm: bool = True, noise_prior: bool = False, **kwargs: Any
+    ) -> None:
+        self.layer_norm = layer_norm
+        self.noise_prior = noise_prior
+        super().__init__(*args, **kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {
+            **super()._get_constructor_parameters(),
+            "layer_norm": self.layer_norm,
+            "noise_prior": self.noise_prior,
+        }
+
+    def make_actor(self, features_extractor: Any = None) -> DSRLActor:
+        kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
+        actor = DSRLActor(**kwargs, layer_norm=self.layer_norm, noise_prior=self.noise_prior)
+        return actor.to(self.device)
+
+    def make_critic(self, features_extractor: Any = None) -> ContinuousCritic:
+        return self.layer_norm_critic(super().make_critic(features_extractor))
+
+    def layer_norm_critic(self, critic: ContinuousCritic) -> ContinuousCritic:
+        """``critic`` with its Q networks rebuilt with LayerNorm (if this policy uses it)."""
+        if not self.layer_norm:
+            return critic
+        in_dim = critic.q_networks[0][0].in_features
+        for i in range(critic.n_critics):
+            q_net = mlp(in_dim, 1, self.critic_kwargs["net_arch"], self.activation_fn, True)
+            critic.add_module(f"qf{i}", q_net)
+            critic.q_networks[i] = q_net
+        return critic.to(self.device)
 
 
 class _BaseNoiseWarmup:
@@ -127,8 +211,8 @@ class DSRLNA(_BaseNoiseWarmup, SAC):
         critic_kwargs = {**self.policy.critic_kwargs, "action_space": self.chunk_space}
         extractor = self.policy.make_features_extractor()
         critic_kwargs.update(features_extractor=extractor, features_dim=extractor.features_dim)
-        self.action_critic = ContinuousCritic(**critic_kwargs).to(self.device)
-        self.action_critic_target = ContinuousCritic(**critic_kwargs).to(self.device)
+        self.action_critic = self._make_action_critic(critic_kwargs)
+        self.action_critic_target = self._make_action_critic(critic_kwargs)
         self.action_critic_target.load_state_dict(self.action_critic.state_dict())
         self.action_critic_target.set_training_mode(False)
         self.action_critic.optimizer = self.policy.optimizer_class(
@@ -136,6 +220,12 @@ class DSRLNA(_BaseNoiseWarmup, SAC):
             lr=self.lr_schedule(1),
             **self.policy.optimizer_kwargs,
         )
+
+    def _make_action_critic(self, kwargs: dict[str, Any]) -> ContinuousCritic:
+        critic = ContinuousCritic(**kwargs).to(self.device)
+        if isinstance(self.policy, DSRLPolicy):
+            critic = self.policy.layer_norm_critic(critic)
+        return critic
 
     def set_env(self, env: Any, force_reset: bool = True) -> None:
         """Attach a (new) chunk-level env; SB3 would compare it with the noise space."""
@@ -200,67 +290,71 @@ class DSRLNA(_BaseNoiseWarmup, SAC):
             "action_critic_loss": [],
             "noise_critic_loss": [],
         }
-
         for _ in range(gradient_steps):
-            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
-            actions_pi, log_prob = self.actor.action_log_prob(data.observations)
-            log_prob = log_prob.reshape(-1, 1)
-
-            if self.ent_coef_optimizer is not None:
-                ent_coef = torch.exp(self.log_ent_coef.detach())
-                ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach())
-                self.ent_coef_optimizer.zero_grad()
-                ent_coef_loss.mean().backward()
-                self.ent_coef_optimizer.step()
-            else:
-                ent_coef = self.ent_coef_tensor
-            logs["ent_coef"].append(ent_coef.item())
-
-            # 1. Q^A by TD on decoded chunks.
-            with torch.no_grad():
-                next_scaled, next_log_prob = self.actor.action_log_prob(data.next_observations)
-                next_chunk = self.decode(data.next_observations, self._noise(next_scaled))
-                next_q = torch.cat(self.action_critic_target(data.next_observations, next_chunk), 1)
-                next_q = next_q.min(dim=1, keepdim=True).values
-                next_q = next_q - ent_coef * next_log_prob.reshape(-1, 1)
-                target_q = data.rewards + (1 - data.dones) * self.gamma * next_q
-            current_q = self.action_critic(data.observations, data.actions)
-            critic_loss = 0.5 * sum(F.mse_loss(q, target_q) for q in current_q)
-            self.action_critic.optimizer.zero_grad()
-            critic_loss.backward()
-            self.action_critic.optimizer.step()
-            logs["action_critic_loss"].append(critic_loss.item())
-
-            # 3. The actor against Q^W.
-            q_pi = torch.cat(self.critic(data.observations, actions_pi), 1).min(1, keepdim=True)
-            actor_loss = (ent_coef * log_prob - q_pi.values).mean()
-            self.actor.optimizer.zero_grad()
-            actor_loss.backward()
-            self.actor.optimizer.step()
-            logs["actor_loss"].append(actor_loss.item())
-
-            polyak_update(
-                self.action_critic.parameters(), self.action_critic_target.parameters(), self.tau
-            )
-
-        # 2. Q^W distilled from Q^A on the base policy's own noise distribution.
+            self._gradient_step(batch_size, logs)
         for _ in range(self.distill_steps):
-            obs = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env).observations
-            noise = torch.randn(len(obs), self.action_space.shape[0], device=self.device)
-            with torch.no_grad():
-                targets = self.action_critic(obs, self.decode(obs, noise))
-            predictions = self.critic(obs, noise / self.noise_bound)
-            loss = 0.5 * sum(F.mse_loss(p, t) for p, t in zip(predictions, targets))
-            self.critic.optimizer.zero_grad()
-            loss.backward()
-            self.critic.optimizer.step()
-            logs["noise_critic_loss"].append(loss.item())
+            self._distill_step(batch_size, logs)
 
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         for name, values in logs.items():
             if values:
                 self.logger.record(f"train/{name}", float(np.mean(values)))
+
+    def _gradient_step(self, batch_size: int, logs: dict[str, list[float]]) -> None:
+        """One TD step of Q^A, then one step of the actor (and of SAC's temperature)."""
+        data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+        ent_coef = (
+            torch.exp(self.log_ent_coef.detach())
+            if self.ent_coef_optimizer is not None
+            else self.ent_coef_tensor
+        )
+        # 1. Q^A by TD on decoded chunks.
+        with torch.no_grad():
+            next_scaled, next_log_prob = self.actor.action_log_prob(data.next_observations)
+            next_chunk = self.decode(data.next_observations, self._noise(next_scaled))
+            next_q = torch.cat(self.action_critic_target(data.next_observations, next_chunk), 1)
+            next_q = next_q.min(dim=1, keepdim=True).values
+            next_q = next_q - ent_coef * next_log_prob.reshape(-1, 1)
+            target_q = data.rewards + (1 - data.dones) * self.gamma * next_q
+        current_q = self.action_critic(data.observations, data.actions)
+        critic_loss = 0.5 * sum(F.mse_loss(q, target_q) for q in current_q)
+        self.action_critic.optimizer.zero_grad()
+        critic_loss.backward()
+        self.action_critic.optimizer.step()
+        logs["action_critic_loss"].append(critic_loss.item())
+        polyak_update(
+            self.action_critic.parameters(), self.action_critic_target.parameters(), self.tau
+        )
+
+        # 3. The actor against Q^W, and SAC's temperature.
+        actions_pi, log_prob = self.actor.action_log_prob(data.observations)
+        log_prob = log_prob.reshape(-1, 1)
+        q_pi = torch.cat(self.critic(data.observations, actions_pi), 1).min(1, keepdim=True)
+        actor_loss = (ent_coef * log_prob - q_pi.values).mean()
+        self.actor.optimizer.zero_grad()
+        actor_loss.backward()
+        self.actor.optimizer.step()
+        logs["actor_loss"].append(actor_loss.item())
+        if self.ent_coef_optimizer is not None:
+            ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach())
+            self.ent_coef_optimizer.zero_grad()
+            ent_coef_loss.mean().backward()
+            self.ent_coef_optimizer.step()
+        logs["ent_coef"].append(ent_coef.item())
+
+    def _distill_step(self, batch_size: int, logs: dict[str, list[float]]) -> None:
+        """2. Q^W regressed onto Q^A on the base policy's own noise distribution."""
+        obs = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env).observations
+        noise = torch.randn(len(obs), self.action_space.shape[0], device=self.device)
+        with torch.no_grad():
+            targets = self.action_critic(obs, self.decode(obs, noise))
+        predictions = self.critic(obs, noise / self.noise_bound)
+        loss = 0.5 * sum(F.mse_loss(p, t) for p, t in zip(predictions, targets))
+        self.critic.optimizer.zero_grad()
+        loss.backward()
+        self.critic.optimizer.step()
+        logs["noise_critic_loss"].append(loss.item())
 
     # --- saving -----------------------------------------------------------------------------
 

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from stable_baselines3.common.torch_layers import create_mlp
 from torch import nn
 
 from robolearn.algos.diffusion import DiffusionPolicy, ObservationHistory
+from robolearn.algos.dsrl.algorithms import mlp
 from robolearn.policy import WEIGHTS_FILE, Observation, Policy, read_policy_file
 
 BASE_DIR = "base"
@@ -28,12 +28,15 @@ class NoiseActor(nn.Module):
     """The deterministic path of an SB3 SAC actor: tanh(mu(latent_pi(s))) in [-1, 1]."""
 
     def __init__(
-        self, obs_dim: int, noise_dim: int, net_arch: Sequence[int], activation: str
+        self,
+        obs_dim: int,
+        noise_dim: int,
+        net_arch: Sequence[int],
+        activation: str,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.latent_pi = nn.Sequential(
-            *create_mlp(obs_dim, -1, list(net_arch), getattr(nn, activation))
-        )
+        self.latent_pi = mlp(obs_dim, -1, list(net_arch), getattr(nn, activation), layer_norm)
         self.mu = nn.Linear(net_arch[-1] if net_arch else obs_dim, noise_dim)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -47,6 +50,7 @@ class NoiseActor(nn.Module):
             "noise_dim": int(actor.mu.out_features),
             "net_arch": [int(w) for w in actor.net_arch],
             "activation": actor.activation_fn.__name__,
+            "layer_norm": any(isinstance(m, nn.LayerNorm) for m in actor.latent_pi),
         }
         module = cls(**config)
         state = {

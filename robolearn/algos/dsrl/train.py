@@ -24,7 +24,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
 from robolearn.algos.diffusion import DiffusionPolicy
-from robolearn.algos.dsrl.algorithms import DSRLNA, DSRLSAC
+from robolearn.algos.dsrl.algorithms import DSRLNA, DSRLSAC, DSRLPolicy
 from robolearn.algos.dsrl.envs import REWARDS, NoiseActionVecEnv, make_chunked_vec_env
 from robolearn.algos.dsrl.steered import NoiseActor, SteeredPolicy
 from robolearn.data.store import EpisodeStore
@@ -59,11 +59,16 @@ class DSRLConfig:
     tau: float = 0.005
     net_arch: Sequence[int] = (256, 256, 256)
     activation: str = "Tanh"
-    # Upstream starts the learned entropy coefficient at 1. With the sparse -1 reward that
-    # bonus outweighs the reward early on and pays the actor to make episodes longer (the
-    # "early dip" that reproductions report); starting at 0.05 avoids it.
-    ent_coef: str | float = "auto_0.05"
+    layer_norm: bool = True
+    # Upstream SAC-style: an entropy bonus with a learned coefficient starting at 1. Under the
+    # sparse -1 per step reward that bonus pays the actor to make episodes longer, and on arm
+    # push DSRL-NA's success collapsed with it (BENCHMARKS.md, "dsrl" ablations). The default
+    # regularises towards the base policy's own noise instead (noise_prior: a KL to N(0, I),
+    # see DSRLActor) with a fixed coefficient; ent_coef "auto"/"auto_<init>" needs
+    # noise_prior=false.
+    ent_coef: str | float = 0.1
     target_entropy: float = 0.0
+    noise_prior: bool = True
     warmup_env_steps: int = 5000
     reward: str = "sparse"
     eval_every: int = 10_000
@@ -99,6 +104,15 @@ class DSRLConfig:
             fail("activation", "must name a torch.nn activation, e.g. Tanh or ReLU")
         if not self.net_arch or any(not is_int(w) or w < 1 for w in self.net_arch):
             fail("net_arch", "must be a list of positive layer widths")
+        for name in ("layer_norm", "noise_prior"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "must be true or false")
+        if self.noise_prior and isinstance(self.ent_coef, str):
+            fail(
+                "ent_coef",
+                "must be a number with algo.noise_prior=true (auto-tuning targets an entropy, "
+                "the prior turns the term into a KL)",
+            )
         if self.reward not in REWARDS:
             fail("reward", f"must be one of {REWARDS}")
         if isinstance(self.ent_coef, str):
@@ -132,20 +146,22 @@ def build_learner(
             "net_arch": list(cfg.net_arch),
             "activation_fn": getattr(torch.nn, cfg.activation),
             "log_std_init": 0.0,
+            "layer_norm": cfg.layer_norm,
+            "noise_prior": cfg.noise_prior,
         },
         "seed": seed,
         "device": device,
     }
     if cfg.variant == "na":
         return DSRLNA(
-            "MlpPolicy",
+            DSRLPolicy,
             venv,
             base=base,
             noise_bound=cfg.noise_bound,
             distill_steps=cfg.distill_steps,
             **kwargs,
         )
-    return DSRLSAC("MlpPolicy", NoiseActionVecEnv(venv, base, cfg.noise_bound), **kwargs)
+    return DSRLSAC(DSRLPolicy, NoiseActionVecEnv(venv, base, cfg.noise_bound), **kwargs)
 
 
 def steered_policy(model: DSRLNA | DSRLSAC, base: DiffusionPolicy, noise_bound: float) -> Any:
