@@ -25,6 +25,13 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 python -m pip install -q -e ".[dev]"
 
+# The `ros` extra's wheels bring rclpy; their bootstrapper (a .pth file) re-executes Python with
+# the ROS libraries on LD_LIBRARY_PATH, so a plain `.venv/bin/python` imports rclpy. Say so
+# early if that is broken rather than in the middle of a hardware test.
+if ! python -c "import rclpy, sensor_msgs.msg, trajectory_msgs.msg" 2>/dev/null; then
+  echo "setup: warning: rclpy does not import; the hw tests will be skipped" >&2
+fi
+
 # Headless MuJoCo rendering (image observations, videos) goes through EGL.
 if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1'; then
   if [ "$(id -u)" = 0 ]; then

@@ -393,6 +393,7 @@ class ROS2ArmEnv(gym.Env):
         self._aborted = None
         started = time.monotonic()
         deadline = started + self.reset_timeout
+        self._wait_for_controllers(deadline)
         since_stamp = 0
         if self.scene_reset_node is not None:
             self._reset_scene(seed)
@@ -409,6 +410,24 @@ class ROS2ArmEnv(gym.Env):
         info["overrun"] = False
         info["safety_events"] = []
         return obs, info
+
+    def _wait_for_controllers(self, deadline: float) -> None:
+        """Wait until the command topics have subscribers: commands sent before the controller
+        is matched are lost (and a missing controller would leave the arm uncommanded)."""
+        publishers = [(self._command_pub, self.command_topic)]
+        if self._gripper_pub is not None:
+            publishers.append((self._gripper_pub, self.topics.gripper_command))
+        while True:
+            unmatched = [topic for pub, topic in publishers if pub.get_subscription_count() == 0]
+            if not unmatched:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"nobody subscribes to {unmatched} within {self.reset_timeout:g} s: are the "
+                    f"controllers active (ros2 control list_controllers), in ROS_DOMAIN_ID "
+                    f"{self._ros.domain_id}?"
+                )
+            time.sleep(0.01)
 
     def _reset_scene(self, seed: int | None) -> None:
         """Ask the scene reset node for a new episode (seeded when ``seed`` is given)."""

@@ -228,7 +228,7 @@ class ArmSafety:
             self.record(
                 WORKSPACE,
                 f"target TCP {tcp.round(3).tolist()} outside the workspace "
-                f"{self._ws_low.tolist()}..{self._ws_high.tolist()}; holding",
+                f"{self._ws_low.round(3).tolist()}..{self._ws_high.round(3).tolist()}; holding",
             )
             return None
         return limited
