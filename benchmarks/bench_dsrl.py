@@ -194,8 +194,10 @@ def cmd_run(args: argparse.Namespace) -> None:
             demos=store if args.method == "na" else None,
             seed=args.seed,
         )
-        steps, success = _read_curve(run_dir)
+        steps, success = _read_curve(run_dir, "eval/success")
         curve = list(zip(steps, success))
+        steps, success = _read_curve(run_dir, "eval/success_stochastic")
+        out["curve_stochastic"] = [(int(s), float(v)) for s, v in zip(steps, success)]
         out["config"] = {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
     out.update(
         curve=[(int(s), float(v)) for s, v in curve],
@@ -228,10 +230,10 @@ def _parse_setting(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value)
 
 
-def _read_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_curve(run_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     from robolearn.training import read_metric
 
-    return read_metric(run_dir, "eval/success")
+    return read_metric(run_dir, name)
 
 
 def _success_at(curve: list[list[float]], budget: int) -> float | None:

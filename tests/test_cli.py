@@ -327,11 +327,11 @@ def test_diffusion_then_dsrl_steering_and_resume(demos, tmp_path):
     assert main(steer) == 0
     for name in ("success.png", "policy/policy.json", "policy/base/policy.json", "report.json"):
         assert (run / name).exists(), name
-    evals = (run / "metrics.csv").read_text().count("eval/success")
+    evals = (run / "metrics.csv").read_text().count(",eval/success,")
     assert evals >= 3  # env step 0, ~100 and ~200
     # A resumed run with a larger budget continues from its checkpoint, not from scratch.
     assert main(["train", f"resume={run}", "algo.env_steps=300", *QUICK]) == 0
     rows = (run / "metrics.csv").read_text().splitlines()
-    steps = [int(r.split(",")[0]) for r in rows[1:] if "eval/success" in r]
+    steps = [int(r.split(",")[0]) for r in rows[1:] if r.split(",")[1] == "eval/success"]
     assert steps[0] == 0 and steps.count(0) == 1 and steps[-1] >= 300
     assert main(["train", "algo=dsrl", f"base={demos}", *QUICK]) == 2

@@ -207,6 +207,30 @@ def test_noise_prior_turns_the_entropy_term_into_a_kl(fork_base):
         assert abs(estimates.mean() - reference) < 0.15, (estimates.mean(), reference)
 
 
+def test_stochastic_steered_policy_samples_the_actor(fork_base, tmp_path):
+    base, _ = fork_base
+    model = build_learner(DSRLConfig(n_envs=2, net_arch=(32, 32)), base, ForkEnv, seed=0)
+    mean = steered_policy(model, base, 1.5)
+    sampled = steered_policy(model, base, 1.5, stochastic=True)
+    cond = torch.randn(8, base.cond_dim)
+    first, second = sampled.noise(cond), sampled.noise(cond)
+    assert not torch.allclose(first, second)  # a fresh draw each call
+    assert first.abs().max() <= 1.5
+    torch.testing.assert_close(mean.noise(cond), mean.noise(cond))
+    # The draws are SB3's: the same mean and spread as the actor's own samples.
+    many = cond[:1].repeat(4000, 1)
+    ours = sampled.noise(many).reshape(4000, -1)
+    with torch.no_grad():
+        theirs = model.actor(many, deterministic=False) * 1.5
+    torch.testing.assert_close(ours.mean(0), theirs.mean(0), atol=0.06, rtol=0)
+    torch.testing.assert_close(ours.std(0), theirs.std(0), atol=0.06, rtol=0)
+    # Saved and loaded, it samples the same sequence from the same seed.
+    loaded = load_policy(sampled.save(tmp_path / "steered"))
+    assert loaded.stochastic
+    fresh = steered_policy(model, base, 1.5, stochastic=True)
+    torch.testing.assert_close(loaded.noise(cond), fresh.noise(cond))
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="algo.variant"):
         DSRLConfig(variant="ppo")

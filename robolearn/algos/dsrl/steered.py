@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN
 from torch import nn
 
 from robolearn.algos.diffusion import DiffusionPolicy, ObservationHistory
@@ -25,7 +26,11 @@ BASE_DIR = "base"
 
 
 class NoiseActor(nn.Module):
-    """The deterministic path of an SB3 SAC actor: tanh(mu(latent_pi(s))) in [-1, 1]."""
+    """An SB3 SAC actor without SB3: tanh(mu(latent_pi(s))), or a sample around it.
+
+    ``forward`` is the deterministic path in [-1, 1]; ``sample`` draws from the actor's
+    squashed Gaussian, tanh(mu + exp(log_std) * eps), as DSRL's training rollouts do.
+    """
 
     def __init__(
         self,
@@ -37,14 +42,24 @@ class NoiseActor(nn.Module):
     ) -> None:
         super().__init__()
         self.latent_pi = mlp(obs_dim, -1, list(net_arch), getattr(nn, activation), layer_norm)
-        self.mu = nn.Linear(net_arch[-1] if net_arch else obs_dim, noise_dim)
+        last = net_arch[-1] if net_arch else obs_dim
+        self.mu = nn.Linear(last, noise_dim)
+        self.log_std = nn.Linear(last, noise_dim)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.mu(self.latent_pi(obs)))
 
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A draw from the actor's distribution, in [-1, 1]."""
+        latent = self.latent_pi(obs)
+        # SB3's Actor clamps log_std to the same range.
+        std = self.log_std(latent).clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
+        eps = torch.randn(std.shape, generator=generator, device=std.device)
+        return torch.tanh(self.mu(latent) + std * eps)
+
     @classmethod
     def from_sb3(cls, actor: nn.Module) -> tuple[NoiseActor, dict[str, Any]]:
-        """A copy of an SB3 ``Actor``'s mean path, plus the config that rebuilds it."""
+        """A copy of an SB3 ``Actor``, plus the config that rebuilds it."""
         config = {
             "obs_dim": int(actor.features_dim),
             "noise_dim": int(actor.mu.out_features),
@@ -56,7 +71,7 @@ class NoiseActor(nn.Module):
         state = {
             k: v.detach().cpu()
             for k, v in actor.state_dict().items()
-            if k.startswith(("latent_pi.", "mu."))
+            if k.startswith(("latent_pi.", "mu.", "log_std."))
         }
         module.load_state_dict(state)
         return module, config
@@ -67,6 +82,9 @@ class SteeredPolicy(Policy):
 
     ``act`` re-plans every Ta steps like the base; ``act_chunk(obs, noise=None)`` plans now,
     from the actor's noise unless ``noise`` is given (then it is the base policy's chunk).
+    With ``stochastic`` the noise is drawn from the actor's distribution (from a generator
+    seeded by ``seed``) instead of taken at its mean. A deterministic policy repeats itself in a
+    state it does not leave; a base that escapes such states by its own noise can keep doing so.
     """
 
     policy_type = "dsrl_steered"
@@ -77,8 +95,12 @@ class SteeredPolicy(Policy):
         actor: NoiseActor,
         actor_config: dict[str, Any],
         noise_bound: float,
+        stochastic: bool = False,
+        seed: int = 0,
     ) -> None:
         self.base = base
+        self.stochastic = bool(stochastic)
+        self._generator = torch.Generator(device=base.device).manual_seed(seed)
         self.actor = actor.to(base.device).eval()
         self.actor_config = dict(actor_config)
         self.noise_bound = float(noise_bound)
@@ -88,7 +110,8 @@ class SteeredPolicy(Policy):
     @torch.no_grad()
     def noise(self, cond: torch.Tensor) -> torch.Tensor:
         """The actor's initial noise (B, Tp, Da) for conditionings (B, C)."""
-        scaled = self.actor(cond.to(self.base.device).float())
+        cond = cond.to(self.base.device).float()
+        scaled = self.actor.sample(cond, self._generator) if self.stochastic else self.actor(cond)
         return (scaled * self.noise_bound).reshape(len(cond), *self.base.noise_shape)
 
     def reset(self, batch_size: int = 1) -> None:
@@ -116,7 +139,11 @@ class SteeredPolicy(Policy):
         return self._queue.popleft()
 
     def config(self) -> dict[str, Any]:
-        return {"noise_bound": self.noise_bound, "actor": self.actor_config}
+        return {
+            "noise_bound": self.noise_bound,
+            "stochastic": self.stochastic,
+            "actor": self.actor_config,
+        }
 
     def save(self, path: str | Path) -> Path:
         path = super().save(path)
@@ -134,4 +161,6 @@ class SteeredPolicy(Policy):
         base = DiffusionPolicy.load(path / BASE_DIR, device=device)
         actor = NoiseActor(**config["actor"])
         actor.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
-        return cls(base, actor, config["actor"], config["noise_bound"])
+        return cls(
+            base, actor, config["actor"], config["noise_bound"], config.get("stochastic", False)
+        )

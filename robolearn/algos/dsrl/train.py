@@ -71,6 +71,8 @@ class DSRLConfig:
     noise_prior: bool = True
     warmup_env_steps: int = 5000
     reward: str = "sparse"
+    # The returned / saved steered policy samples its noise from the actor (else: the mean).
+    stochastic: bool = False
     eval_every: int = 10_000
     eval_episodes: int = 50
     buffer_size: int = 1_000_000
@@ -104,7 +106,7 @@ class DSRLConfig:
             fail("activation", "must name a torch.nn activation, e.g. Tanh or ReLU")
         if not self.net_arch or any(not is_int(w) or w < 1 for w in self.net_arch):
             fail("net_arch", "must be a list of positive layer widths")
-        for name in ("layer_norm", "noise_prior"):
+        for name in ("layer_norm", "noise_prior", "stochastic"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "must be true or false")
         if self.noise_prior and isinstance(self.ent_coef, str):
@@ -164,10 +166,12 @@ def build_learner(
     return DSRLSAC(DSRLPolicy, NoiseActionVecEnv(venv, base, cfg.noise_bound), **kwargs)
 
 
-def steered_policy(model: DSRLNA | DSRLSAC, base: DiffusionPolicy, noise_bound: float) -> Any:
+def steered_policy(
+    model: DSRLNA | DSRLSAC, base: DiffusionPolicy, noise_bound: float, stochastic: bool = False
+) -> SteeredPolicy:
     """The current actor of ``model`` as a SteeredPolicy around ``base`` (a copy)."""
     actor, config = NoiseActor.from_sb3(model.actor)
-    return SteeredPolicy(base, actor, config, noise_bound)
+    return SteeredPolicy(base, actor, config, noise_bound, stochastic)
 
 
 def add_demonstrations(
@@ -267,8 +271,17 @@ class _Run:
         return self.run_dir / "checkpoints"
 
     def evaluate_and_checkpoint(self, model: DSRLNA | DSRLSAC) -> None:
-        policy = steered_policy(model, self.base, self.cfg.noise_bound)
-        scalars = {"eval/success": self.evaluate(policy)}
+        # Both ways of acting: the actor's mean noise (SAC's convention) and noise sampled
+        # from it; the saved policy acts the way algo.stochastic says.
+        policies = {
+            mode: steered_policy(model, self.base, self.cfg.noise_bound, mode)
+            for mode in (False, True)
+        }
+        scalars = {
+            "eval/success": self.evaluate(policies[False]),
+            "eval/success_stochastic": self.evaluate(policies[True]),
+        }
+        policy = policies[self.cfg.stochastic]
         if self.train_success:
             scalars["train/success"] = float(np.mean(self.train_success[-50:]))
         for name in ("ent_coef", "actor_loss", "critic_loss", "action_critic_loss"):
@@ -276,7 +289,11 @@ class _Run:
             if value is not None:
                 scalars[f"train/{name}"] = float(value)
         self.log.log(self.env_steps, **scalars)
-        self.bar.set_postfix(success=f"{scalars['eval/success']:.0%}", refresh=False)
+        self.bar.set_postfix(
+            success=f"{scalars['eval/success']:.0%}",
+            sampled=f"{scalars['eval/success_stochastic']:.0%}",
+            refresh=False,
+        )
         while self.next_eval <= self.env_steps:
             self.next_eval += self.cfg.eval_every
         self.save(model, policy)
@@ -301,10 +318,13 @@ class _Run:
             shutil.rmtree(old)
 
     def plot(self) -> None:
-        steps, success = read_metric(self.run_dir, "eval/success")
+        name = f"DSRL-{self.cfg.variant.upper()}"
         plot_curves(
             self.run_dir / "success.png",
-            {f"DSRL-{self.cfg.variant.upper()}": (steps, success)},
+            {
+                f"{name}, mean noise": read_metric(self.run_dir, "eval/success"),
+                f"{name}, sampled noise": read_metric(self.run_dir, "eval/success_stochastic"),
+            },
             "steered policy success",
             "success rate",
             xlabel="env steps",
@@ -368,7 +388,7 @@ def train_dsrl(
     bar.close()
     log.close()
     model.get_env().close()
-    return steered_policy(model, base, cfg.noise_bound)
+    return steered_policy(model, base, cfg.noise_bound, cfg.stochastic)
 
 
 def make_evaluator(
