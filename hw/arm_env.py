@@ -181,8 +181,8 @@ class ROS2ArmEnv(gym.Env):
         self._latest: dict[str, _Sample] = {}
         self._problems: dict[str, str] = {}  # topic -> why its last message was dropped
         self._aborted: str | None = None
+        self._events_seen = 0  # safety events already reported in an info
         self._next_tick = 0.0
-        self._last_opening: float | None = None
 
         self._ros = RosRuntime(domain_id)
         try:
@@ -309,7 +309,6 @@ class ROS2ArmEnv(gym.Env):
             if opening is not None and self._gripper_pub is not None:
                 half = 0.5 * float(np.clip(opening, 0.0, GRIPPER_MAX_OPENING))
                 self._gripper_pub.publish(Float64MultiArray(data=[half, half]))
-                self._last_opening = opening
 
     def _hold(self) -> None:
         """Command the arm to stay where it was last measured (the gripper keeps its command)."""
