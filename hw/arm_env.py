@@ -19,6 +19,12 @@ publishes, sleeps until the next tick, then reads the freshest messages.
 ``obs_latency`` (ROS time now minus that stamp, s), ``overrun`` (the loop missed its tick),
 ``safety_events`` (this step's interventions, as dicts) and, when the safety layer ended the
 episode, ``abort_reason``. Aborted episodes are truncated, not terminated.
+
+With a :class:`~hw.recorder.TopicRecorder` attached (:meth:`ROS2ArmEnv.attach_recorder`), every
+message the env receives is recorded at its receive time and every command at its send time;
+each step's action is logged at the time of the snapshot its observation came from, and each
+message's log time is taken under the lock that makes it the newest sample, so "the newest
+message of each topic logged at or before the action" is exactly what the policy saw.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ import gymnasium as gym
 import numpy as np
 
 from hw.joints import JointNameMap, MissingJointsError
+from hw.recorder import TopicRecorder
+from hw.recorder import now_ns as recorder_now_ns
 from hw.ros import RosRuntime, command_qos, seconds_to_duration, sensor_qos, stamp_to_ns
 from hw.safety import ArmSafety, ArmSafetyConfig
 from robolearn.robots.panda import (
@@ -183,6 +191,10 @@ class ROS2ArmEnv(gym.Env):
         self._aborted: str | None = None
         self._events_seen = 0  # safety events already reported in an info
         self._next_tick = 0.0
+        self._recorder: TopicRecorder | None = None
+        self._snapshot_ns = 0  # log time of the last snapshot
+        self._obs_ns = 0  # log time of the snapshot the current observation came from
+        self._episode: dict[str, Any] | None = None  # the open episode's end event, if recording
 
         self._ros = RosRuntime(domain_id)
         try:
@@ -241,25 +253,55 @@ class ROS2ArmEnv(gym.Env):
             self._reset_client = node.create_client(Trigger, f"{base}/reset")
             self._params_client = node.create_client(SetParameters, f"{base}/set_parameters")
 
+    def attach_recorder(self, recorder: TopicRecorder) -> None:
+        """Record this env's raw topics, commands, actions, episodes and safety events."""
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float64MultiArray
+        from trajectory_msgs.msg import JointTrajectory
+
+        recorder.add_topic(self.topics.joint_states, JointState)
+        for topic in self._pose_topics:
+            recorder.add_topic(topic, PoseStamped)
+        command_type = (
+            JointTrajectory if self.controller == "joint_trajectory" else Float64MultiArray
+        )
+        recorder.add_topic(self.command_topic, command_type)
+        if self.topics.gripper_command is not None:
+            recorder.add_topic(self.topics.gripper_command, Float64MultiArray)
+        self._recorder = recorder
+
     def _on_joints(self, msg: Any) -> None:
+        topic = self.topics.joint_states
         try:
             positions = self._joint_map.pick(msg.name, msg.position)
         except (MissingJointsError, ValueError) as err:
-            self._drop(self.topics.joint_states, str(err))
+            self._drop(topic, str(err))
+            self._record(topic, msg, recorder_now_ns())
             return
         sample = _Sample(positions, stamp_to_ns(msg.header.stamp), time.monotonic())
         with self._lock:
-            self._latest[self.topics.joint_states] = sample
+            log_ns = recorder_now_ns()
+            self._latest[topic] = sample
+        self._record(topic, msg, log_ns)
+
+    def _record(self, topic: str, msg: Any, log_ns: int) -> None:
+        # Written outside the sample lock: the bag sorts by log time, so order does not matter.
+        if self._recorder is not None:
+            self._recorder.message(topic, msg, log_ns)
 
     def _on_pose(self, topic: str, msg: Any) -> None:
         frame = msg.header.frame_id
         if frame and frame not in self.pose_frames:
             self._drop(topic, f"frame {frame!r} is not one of {list(self.pose_frames)}")
+            self._record(topic, msg, recorder_now_ns())
             return
         p = msg.pose.position
         sample = _Sample(np.array([p.x, p.y, p.z]), stamp_to_ns(msg.header.stamp), time.monotonic())
         with self._lock:
+            log_ns = recorder_now_ns()
             self._latest[topic] = sample
+        self._record(topic, msg, log_ns)
 
     def _drop(self, topic: str, why: str) -> None:
         with self._lock:
@@ -306,9 +348,12 @@ class ROS2ArmEnv(gym.Env):
             msg = Float64MultiArray(data=positions)
         with self._pub_lock:
             self._command_pub.publish(msg)
+            self._record(self.command_topic, msg, recorder_now_ns())
             if opening is not None and self._gripper_pub is not None:
                 half = 0.5 * float(np.clip(opening, 0.0, GRIPPER_MAX_OPENING))
-                self._gripper_pub.publish(Float64MultiArray(data=[half, half]))
+                fingers = Float64MultiArray(data=[half, half])
+                self._gripper_pub.publish(fingers)
+                self._record(self.topics.gripper_command, fingers, recorder_now_ns())
 
     def _hold(self) -> None:
         """Command the arm to stay where it was last measured (the gripper keeps its command)."""
@@ -324,6 +369,7 @@ class ROS2ArmEnv(gym.Env):
 
     def _snapshot(self) -> dict[str, _Sample]:
         with self._lock:
+            self._snapshot_ns = recorder_now_ns()
             return dict(self._latest)
 
     def _observe(self, samples: Mapping[str, _Sample]) -> dict[str, np.ndarray]:
@@ -389,6 +435,7 @@ class ROS2ArmEnv(gym.Env):
                 f"e-stop is latched ({reason}); call "
                 f"{self.node.get_fully_qualified_name()}/clear_estop to release it"
             )
+        self._end_recorded_episode()
         self._aborted = None
         started = time.monotonic()
         deadline = started + self.reset_timeout
@@ -401,6 +448,8 @@ class ROS2ArmEnv(gym.Env):
         else:
             self._go_home(deadline + self.home_duration)
         samples = self._wait_fresh(started, since_stamp, deadline + self.home_duration)
+        self._obs_ns = self._snapshot_ns
+        self._record_safety_events()  # those of the move home
         self.safety.start_episode()
         self._events_seen = len(self.safety.events)
         self._next_tick = time.monotonic()
@@ -408,6 +457,9 @@ class ROS2ArmEnv(gym.Env):
         info = self._info(samples, obs)
         info["overrun"] = False
         info["safety_events"] = []
+        if self._recorder is not None:
+            self._recorder.episode({"event": "start", "seed": seed}, self._obs_ns)
+            self._episode = {"event": "end", "seed": seed, "success": info["success"], "steps": 0}
         return obs, info
 
     def _wait_for_controllers(self, deadline: float) -> None:
@@ -485,6 +537,8 @@ class ROS2ArmEnv(gym.Env):
         if self._aborted is not None:
             raise RuntimeError(f"the episode was aborted ({self._aborted}); call reset()")
         safety = self.safety
+        if self._recorder is not None:
+            self._recorder.action(action, self._obs_ns)
         abort = self._command(action)
         # Fixed rate: sleep to the next tick; after an overrun restart the schedule from now
         # rather than firing a burst of late steps.
@@ -496,6 +550,7 @@ class ROS2ArmEnv(gym.Env):
         else:
             time.sleep(delay)
         samples = self._snapshot()
+        self._obs_ns = self._snapshot_ns
         if abort is None and safety.estop_reason is not None:
             abort = f"estop: {safety.estop_reason}"
         if abort is None:
@@ -507,13 +562,38 @@ class ROS2ArmEnv(gym.Env):
         reward, success = self.task_class.evaluate(obs)
         info = self._info(samples, obs)
         info["overrun"] = overrun
-        info["safety_events"] = [e.to_dict() for e in safety.events_since(self._events_seen)]
-        self._events_seen = len(safety.events)
+        info["safety_events"] = self._record_safety_events()
         if abort is not None:
             info["abort_reason"] = abort
         safety.step_index += 1
         terminated = bool(success and self.terminate_on_success and abort is None)
+        if self._episode is not None:
+            episode = self._episode
+            episode["steps"] += 1
+            episode["success"] = bool(episode["success"] or success)
+            episode.update(
+                terminated=terminated, abort_reason=abort or "", final_reward=float(reward)
+            )
+            if terminated or abort is not None:
+                self._end_recorded_episode()
         return obs, float(reward), terminated, abort is not None, info
+
+    def _record_safety_events(self) -> list[dict[str, Any]]:
+        """The safety events since the last call, as dicts, recorded on the safety topic."""
+        events = [e.to_dict() for e in self.safety.events_since(self._events_seen)]
+        self._events_seen += len(events)
+        if self._recorder is not None:
+            for event in events:
+                self._recorder.safety(event, round(event["wall_time"] * 1e9))
+        return events
+
+    def _end_recorded_episode(self) -> None:
+        """Record the open episode's end, logged at its last observation's snapshot time; a
+        time limit outside the env ends episodes silently, so reset and close call this too."""
+        if self._recorder is not None and self._episode is not None:
+            self._recorder.episode(self._episode, self._obs_ns)
+            self._recorder.flush()  # a finished episode survives a kill
+        self._episode = None
 
     def _command(self, action: np.ndarray) -> str | None:
         """Check the action and publish its command, or hold; an abort reason or ``None``."""
@@ -537,8 +617,12 @@ class ROS2ArmEnv(gym.Env):
         return None
 
     def close(self) -> None:
-        """Shut this env's ROS node down (the arm keeps its last command)."""
+        """Shut this env's ROS node down (the arm keeps its last command) and close the bag
+        of an attached recorder."""
+        self._end_recorded_episode()
         self._ros.close()
+        if self._recorder is not None:
+            self._recorder.close()
 
 
 def _tuples(mapping: Mapping[str, Any]) -> dict[str, Any]:

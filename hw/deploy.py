@@ -11,6 +11,11 @@ runs the policy for N episodes at the robot's control rate, and writes into the 
   ``success``, ``source`` and ``abort_reason``). Its ``env_id`` is the simulated twin's, so
   ``robolearn replay`` and training read it like a simulated recording; ``hw_env_id`` and
   ``hw`` name the hardware side;
+* ``bag/``: a rosbag2 MCAP of the raw topics the env received and sent (with receive and send
+  times; header stamps inside the messages), the policy's actions, episode and safety events
+  (:mod:`hw.recorder`); flushed every second and after every episode, so a killed deployment
+  leaves a bag that :func:`robolearn.data.rosbag.open_bag` repairs. A resumed deployment writes
+  ``bag-2/``, ``bag-3/``, ...;
 * ``safety_events.jsonl``: every safety event; ``standin.log``: the stand-in's output;
 * ``report.json`` / ``report.md``: success, aborts, latency and loop statistics.
 """
@@ -29,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from hw import SIM_TWINS
+from hw.recorder import TopicRecorder
 from hw.ros import import_rclpy
 from robolearn.data.store import EpisodeStore
 from robolearn.envs import make_env
@@ -137,6 +143,12 @@ def deploy_arm(
         env = make_env(hw_env_id, kwargs)
         try:
             store = _open_store(store_path, env, sim_env_id, hw_env_id, sim_kwargs, hw_config)
+            bag = new_bag_dir(run_dir)
+            recorder = TopicRecorder(
+                bag, {**store.attrs, "store": store_path.name, "first_episode": store.n_episodes}
+            )
+            env.unwrapped.attach_recorder(recorder)  # env.close() closes the bag
+            say(f"recording the raw topics into {bag}")
             first = seed + store.n_episodes
             remaining = episodes - store.n_episodes
             say(f"deploying on {hw_config.get('name')}: {remaining} episodes of {hw_env_id}")
@@ -169,6 +181,15 @@ def deploy_arm(
         if standin is not None:
             standin.stop()
     return _report(EpisodeStore.open(store_path), run_dir, hw_env_id, hw_config, stopped, say)
+
+
+def new_bag_dir(run_dir: Path) -> Path:
+    """``run_dir/bag``, or ``bag-2``, ``bag-3``, ... for the sessions of a resumed deployment."""
+    path, n = run_dir / "bag", 1
+    while path.exists():
+        n += 1
+        path = run_dir / f"bag-{n}"
+    return path
 
 
 def hw_env_task(hw_env_id: str) -> str:
