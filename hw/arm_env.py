@@ -207,6 +207,7 @@ class ROS2ArmEnv(gym.Env):
 
     def _setup_node(self, node_name: str) -> None:
         from geometry_msgs.msg import PoseStamped
+        from rclpy.serialization import deserialize_message
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
         from std_srvs.srv import Trigger
@@ -215,24 +216,30 @@ class ROS2ArmEnv(gym.Env):
         node = self._ros.create_node(node_name)
         self.node = node
         topics = self.topics
-        node.create_subscription(JointState, topics.joint_states, self._on_joints, sensor_qos())
+        # Raw subscriptions, deserialized here: the recorder keeps the exact wire bytes (a
+        # re-serialized message differs from them in its CDR padding bytes).
+        node.create_subscription(
+            JointState,
+            topics.joint_states,
+            lambda data: self._on_joints(deserialize_message(data, JointState), data),
+            sensor_qos(),
+            raw=True,
+        )
         # The watchdog watches the measurements; the goal may legitimately be published slowly.
         self._watched_topics = [topics.joint_states]
         self._pose_topics = [topics.goal_pose]
-        node.create_subscription(
-            PoseStamped,
-            topics.goal_pose,
-            lambda m: self._on_pose(topics.goal_pose, m),
-            sensor_qos(),
-        )
         if self.has_object:
             self._pose_topics.append(topics.object_pose)
             self._watched_topics.append(topics.object_pose)
+        for topic in self._pose_topics:
             node.create_subscription(
                 PoseStamped,
-                topics.object_pose,
-                lambda m: self._on_pose(topics.object_pose, m),
+                topic,
+                lambda data, t=topic: self._on_pose(
+                    t, deserialize_message(data, PoseStamped), data
+                ),
                 sensor_qos(),
+                raw=True,
             )
         command_type = (
             JointTrajectory if self.controller == "joint_trajectory" else Float64MultiArray
@@ -271,37 +278,37 @@ class ROS2ArmEnv(gym.Env):
             recorder.add_topic(self.topics.gripper_command, Float64MultiArray)
         self._recorder = recorder
 
-    def _on_joints(self, msg: Any) -> None:
+    def _on_joints(self, msg: Any, data: bytes) -> None:
         topic = self.topics.joint_states
         try:
             positions = self._joint_map.pick(msg.name, msg.position)
         except (MissingJointsError, ValueError) as err:
             self._drop(topic, str(err))
-            self._record(topic, msg, recorder_now_ns())
+            self._record(topic, data, recorder_now_ns())
             return
         sample = _Sample(positions, stamp_to_ns(msg.header.stamp), time.monotonic())
         with self._lock:
             log_ns = recorder_now_ns()
             self._latest[topic] = sample
-        self._record(topic, msg, log_ns)
+        self._record(topic, data, log_ns)
 
-    def _record(self, topic: str, msg: Any, log_ns: int) -> None:
+    def _record(self, topic: str, data: bytes, log_ns: int) -> None:
         # Written outside the sample lock: the bag sorts by log time, so order does not matter.
         if self._recorder is not None:
-            self._recorder.message(topic, msg, log_ns)
+            self._recorder.write(topic, data, log_ns)
 
-    def _on_pose(self, topic: str, msg: Any) -> None:
+    def _on_pose(self, topic: str, msg: Any, data: bytes) -> None:
         frame = msg.header.frame_id
         if frame and frame not in self.pose_frames:
             self._drop(topic, f"frame {frame!r} is not one of {list(self.pose_frames)}")
-            self._record(topic, msg, recorder_now_ns())
+            self._record(topic, data, recorder_now_ns())
             return
         p = msg.pose.position
         sample = _Sample(np.array([p.x, p.y, p.z]), stamp_to_ns(msg.header.stamp), time.monotonic())
         with self._lock:
             log_ns = recorder_now_ns()
             self._latest[topic] = sample
-        self._record(topic, msg, log_ns)
+        self._record(topic, data, log_ns)
 
     def _drop(self, topic: str, why: str) -> None:
         with self._lock:
@@ -327,6 +334,7 @@ class ROS2ArmEnv(gym.Env):
 
     def _send(self, q_target: np.ndarray, opening: float | None) -> None:
         """Publish arm joint targets (reached in one control period) and a finger opening."""
+        from rclpy.serialization import serialize_message
         from std_msgs.msg import Float64MultiArray
 
         positions = [float(x) for x in q_target]
@@ -346,14 +354,20 @@ class ROS2ArmEnv(gym.Env):
             )
         else:
             msg = Float64MultiArray(data=positions)
+        # Published serialized when recording, so the bag holds the very bytes on the wire.
+        recording = self._recorder is not None
         with self._pub_lock:
-            self._command_pub.publish(msg)
-            self._record(self.command_topic, msg, recorder_now_ns())
+            data = serialize_message(msg) if recording else msg
+            self._command_pub.publish(data)
+            if recording:
+                self._record(self.command_topic, data, recorder_now_ns())
             if opening is not None and self._gripper_pub is not None:
                 half = 0.5 * float(np.clip(opening, 0.0, GRIPPER_MAX_OPENING))
                 fingers = Float64MultiArray(data=[half, half])
-                self._gripper_pub.publish(fingers)
-                self._record(self.topics.gripper_command, fingers, recorder_now_ns())
+                data = serialize_message(fingers) if recording else fingers
+                self._gripper_pub.publish(data)
+                if recording:
+                    self._record(self.topics.gripper_command, data, recorder_now_ns())
 
     def _hold(self) -> None:
         """Command the arm to stay where it was last measured (the gripper keeps its command)."""

@@ -74,8 +74,13 @@ class TopicRecorder:
         self.bag.add_topic(topic, ros_type_name(msg_class))
 
     def message(self, topic: str, msg: Any, log_ns: int) -> None:
-        """Record an rclpy message of a declared topic (serialized as on the wire)."""
+        """Record an rclpy message of a declared topic (serialized here; prefer :meth:`write`
+        with the wire bytes where the caller has them)."""
         self.bag.write(topic, self._serialize(msg), log_ns)
+
+    def write(self, topic: str, data: bytes, log_ns: int) -> None:
+        """Record a message of a declared topic as the CDR bytes received or sent."""
+        self.bag.write(topic, data, log_ns)
 
     def action(self, action: Any, log_ns: int) -> None:
         """Record the policy's action, logged at the time of the observation it acted on."""

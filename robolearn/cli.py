@@ -6,7 +6,12 @@ Verbs:
            demonstrations), then evaluate it: the README's main job. algo=diffusion trains
            a diffusion policy; algo=dsrl base=<diffusion checkpoint> steers one by RL
   eval     success rate, MP4 video, PNG plot and a report of a policy in an env
-  replay   re-execute a recorded episode in simulation and report the divergence from the log
+  replay   replay a log (a deploy run folder, an EpisodeStore or a rosbag2 bag): to=sim re-executes
+           an episode's actions in simulation and reports the divergence from the log; to=ros
+           publishes the run's bag on ROS 2 topics at its recorded timing; policy=<ckpt> (to=policy)
+           re-runs a policy on the logged observations and reports the action differences
+  import   import a rosbag2 MCAP bag (a deployment's, or JointState + JointTrajectory recorded
+           elsewhere, topics from hw.env.topics) into an EpisodeStore: bag=<dir> out=<store>
   deploy   run a policy on an arm over ROS 2 (hw=standin_arm: a PyBullet stand-in started for
            you; hw=ros2_arm: a real robot) and record the deployment: the `ros` extra
   info     describe an EpisodeStore: `robolearn info <store>`
@@ -195,7 +200,13 @@ def validate(cfg: DictConfig, verb: str) -> None:
             integer("algo.demos")
     if verb == "replay":
         need("log", cfg.log is not None, "is required: replay log=<store> episode=N")
+        need("log", Path(cfg.log).exists(), "does not exist")
         integer("episode", 0)
+        need("to", cfg.to in (None, *REPLAY_TARGETS), f"must be one of {list(REPLAY_TARGETS)}")
+        need("rate", isinstance(cfg.rate, (int, float)) and cfg.rate > 0, "must be > 0")
+    if verb == "import":
+        need("bag", cfg.bag is not None, "is required: import bag=<rosbag2 dir> out=<store>")
+        need("bag", Path(cfg.bag).is_dir(), "is not a rosbag2 directory")
     if verb == "info":
         need("store", cfg.store is not None, "is required: robolearn info <store>")
 
@@ -694,21 +705,72 @@ def _eval_quadrotor(cfg: DictConfig, policy: Policy, run_dir: Path) -> int:
     return 0
 
 
-def cmd_replay(cfg: DictConfig) -> int:
-    from robolearn.envs import make_env
-    from robolearn.report import write_report, write_video
+REPLAY_TARGETS = ("sim", "ros", "policy")
 
-    store = EpisodeStore.open(cfg.log)
+
+def _replay_log(cfg: DictConfig) -> tuple[Path | None, Path | None]:
+    """The EpisodeStore and the bag of ``log=``: a deploy run folder (``episodes.zarr`` and
+    ``bag/``), a store, or a bag."""
+    from robolearn.data.rosbag import is_bag
+
+    log = Path(cfg.log)
+    if is_bag(log):
+        return None, log
+    if (log / "episodes.zarr").exists():
+        return log / "episodes.zarr", (log / "bag" if is_bag(log / "bag") else None)
+    return log, None
+
+
+def cmd_replay(cfg: DictConfig) -> int:
+    target = cfg.to or ("policy" if cfg.policy.name == "checkpoint" else "sim")
+    store_path, bag = _replay_log(cfg)
+    if target == "ros":
+        if bag is None:
+            raise ConfigError(f"log={cfg.log}: to=ros needs a bag (a deploy run or a bag dir)")
+        return _replay_to_ros(cfg, bag)
+    if store_path is None:  # a bag alone: import it first
+        from hw.logs import import_bag
+
+        cfg.env.name = Path(cfg.log).name
+        run_dir = make_run_dir(cfg, "replay")
+        store = import_bag(bag, run_dir / "episodes.zarr", env_id=_bag_env_id(cfg, bag))
+        _say(f"imported {bag} into {store.path}")
+    else:
+        store = EpisodeStore.open(store_path)
+        run_dir = None
+    if target == "policy":
+        return _replay_policy(cfg, store, run_dir)
+    return _replay_in_sim(cfg, store, run_dir)
+
+
+def _bag_env_id(cfg: DictConfig, bag: Path) -> str:
+    """The env of a bag: the one a robolearn bag records, else ``env.id``."""
+    from robolearn.data.rosbag import CUSTOM_DATA_KEY, bag_custom_data
+
+    custom = bag_custom_data(bag)
+    if CUSTOM_DATA_KEY in custom:
+        recorded = json.loads(custom[CUSTOM_DATA_KEY]).get("env_id")
+        if recorded:
+            return recorded
+    return cfg.env.id
+
+
+def _replay_in_sim(cfg: DictConfig, store: EpisodeStore, run_dir: Path | None) -> int:
+    """Re-execute an episode's actions in simulation from its seed; divergence per step."""
+    from robolearn.envs import make_env
+    from robolearn.report import pyplot, save_figure, write_report, write_video
+
     if cfg.episode >= store.n_episodes:
         raise ConfigError(f"episode={cfg.episode}: {cfg.log} has {store.n_episodes} episodes")
     env_id = store.attrs.get("env_id")
     if env_id is None:
         raise StoreError(f"{store.path}: has no env_id attribute, so it cannot be replayed in sim")
     meta = store.episode_meta(cfg.episode)
-    if "seed" not in meta:
+    if "seed" not in meta or int(meta["seed"]) < 0:
         raise StoreError(f"{store.path}: episode {cfg.episode} has no recorded seed")
-    cfg.env.name = env_id.split("/")[-1]
-    run_dir = make_run_dir(cfg, "replay")
+    if run_dir is None:
+        cfg.env.name = env_id.split("/")[-1]
+        run_dir = make_run_dir(cfg, "replay")
     episode = store.get_episode(cfg.episode)
     rendering = cfg.video_episodes > 0 and renders(env_id)
     render_kwargs = {"render_mode": "rgb_array"} if rendering else {}
@@ -738,15 +800,32 @@ def cmd_replay(cfg: DictConfig) -> int:
     finally:
         env.close()
     video = write_video(run_dir / "replay.mp4", [np.stack(frames)] if frames else [], fps=fps)
-    divergence = {k: {"max": max(v), "mean": float(np.mean(v))} for k, v in errors.items()}
+    divergence = {
+        k: {"max": max(v), "mean": float(np.mean(v)), "final": v[-1]} for k, v in errors.items()
+    }
     worst = max(d["max"] for d in divergence.values())
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, v in errors.items():
+        ax.plot(np.arange(len(v)) / fps, v, label=k)
+    ax.set(
+        xlabel="time (s)",
+        ylabel="max |sim - log| per key",
+        title=f"replay of episode {cfg.episode}: simulation vs log",
+    )
+    if worst > 0:
+        ax.set_yscale("symlog", linthresh=1e-6)
+    ax.legend()
+    save_figure(fig, run_dir / "divergence.png")
     summary = {
         "log": str(store.path),
         "episode": cfg.episode,
         "seed": int(meta["seed"]),
         "steps": len(actions),
         "max_divergence": worst,
+        "final_divergence": max(d["final"] for d in divergence.values()),
         "divergence": divergence,
+        "per_step": errors,
     }
     _, md_path = write_report(
         run_dir,
@@ -755,7 +834,11 @@ def cmd_replay(cfg: DictConfig) -> int:
         {
             "steps": len(actions),
             "max divergence": worst,
-            **{f"{k} max": d["max"] for k, d in divergence.items()},
+            "final divergence": summary["final_divergence"],
+            **{
+                f"{k} max / final": f"{d['max']:.3g} / {d['final']:.3g}"
+                for k, d in divergence.items()
+            },
         },
     )
     _say(
@@ -764,7 +847,134 @@ def cmd_replay(cfg: DictConfig) -> int:
     )
     if video is not None:
         _say(f"video: {video}")
-    _say(f"report: {md_path}")
+    _say(f"report: {md_path}; plot: {run_dir / 'divergence.png'}")
+    return 0
+
+
+def _replay_policy(cfg: DictConfig, store: EpisodeStore, run_dir: Path | None) -> int:
+    """Feed every logged observation to a policy; compare its actions with the logged ones."""
+    from robolearn.report import pyplot, save_figure, write_report
+
+    if cfg.episode >= store.n_episodes:
+        raise ConfigError(f"episode={cfg.episode}: {cfg.log} has {store.n_episodes} episodes")
+    policy = make_policy(cfg)
+    obs_keys = store.attrs.get("observation_keys") or [
+        k for k in store.keys if k not in NON_OBSERVATION_KEYS
+    ]
+    missing = [k for k in obs_keys if k not in store.keys]
+    if missing:
+        raise StoreError(f"{store.path}: lacks the observation keys {missing}")
+    if run_dir is None:
+        cfg.env.name = (store.attrs.get("env_id") or store.path.stem).split("/")[-1]
+        run_dir = make_run_dir(cfg, "replay")
+    per_episode, diffs = [], []
+    plotted: tuple[np.ndarray, np.ndarray] | None = None
+    for index in range(store.n_episodes):
+        episode = store.get_episode(index)
+        policy.reset(1)
+        rerun = []
+        for t in range(len(episode["action"])):
+            obs = {k: episode[k][t][None] for k in obs_keys}
+            if list(obs) == [FLAT_OBS_KEY]:
+                obs = obs[FLAT_OBS_KEY]
+            rerun.append(np.asarray(policy.act(obs), dtype=np.float32)[0])
+        rerun_actions = np.stack(rerun)
+        diff = np.abs(rerun_actions - episode["action"])
+        diffs.append(diff)
+        per_episode.append({"max": float(diff.max()), "mean": float(diff.mean())})
+        if index == cfg.episode:
+            plotted = (episode["action"], rerun_actions)
+    all_diff = np.concatenate(diffs)
+    summary = {
+        "log": str(store.path),
+        "policy": cfg.policy.get("path") or cfg.policy.name,
+        "episodes": store.n_episodes,
+        "steps": len(all_diff),
+        "max_action_difference": float(all_diff.max()),
+        "mean_action_difference": float(all_diff.mean()),
+        "rmse_per_dim": np.sqrt(np.mean(all_diff**2, axis=0)).tolist(),
+        "per_episode": per_episode,
+    }
+    assert plotted is not None
+    logged, rerun_actions = plotted
+    plt = pyplot()
+    dims = logged.shape[1]
+    fig, axes = plt.subplots(dims, 1, figsize=(7, 1.6 * dims + 0.6), sharex=True, squeeze=False)
+    for d, ax in enumerate(axes[:, 0]):
+        ax.plot(logged[:, d], label="logged")
+        ax.plot(rerun_actions[:, d], "--", label="policy re-run")
+        ax.set_ylabel(f"action[{d}]")
+    axes[0, 0].legend()
+    axes[0, 0].set_title(f"episode {cfg.episode}: logged vs re-run actions")
+    axes[-1, 0].set_xlabel("step")
+    save_figure(fig, run_dir / "actions.png")
+    _, md_path = write_report(
+        run_dir,
+        f"policy re-run on the observations of {store.path}",
+        summary,
+        {
+            "episodes / steps": f"{store.n_episodes} / {len(all_diff)}",
+            "max action difference": summary["max_action_difference"],
+            "mean action difference": summary["mean_action_difference"],
+            "RMSE per action dim": ", ".join(f"{x:.3g}" for x in summary["rmse_per_dim"]),
+        },
+    )
+    _say(
+        f"re-ran {summary['policy']} on {len(all_diff)} logged steps: action difference max "
+        f"{summary['max_action_difference']:.3g}, mean {summary['mean_action_difference']:.3g}"
+    )
+    _say(f"report: {md_path}; plot: {run_dir / 'actions.png'}")
+    return 0
+
+
+def _replay_to_ros(cfg: DictConfig, bag: Path) -> int:
+    """Publish a bag on ROS 2 topics at its recorded timing."""
+    from hw.player import play_bag
+    from robolearn.report import write_report
+
+    cfg.env.name = bag.name
+    run_dir = make_run_dir(cfg, "replay")
+    _say(f"playing {bag} at {cfg.rate:g}x on ROS 2 (domain {cfg.hw.domain_id or 'ROS_DOMAIN_ID'})")
+    summary = play_bag(bag, rate=float(cfg.rate), domain_id=cfg.hw.domain_id)
+    summary["bag"] = str(bag)
+    _, md_path = write_report(
+        run_dir,
+        f"{bag} played on ROS 2 topics",
+        summary,
+        {
+            "messages": summary["messages"],
+            "duration (s)": summary["duration_s"],
+            "send lateness p50 / p99 (ms)": (
+                f"{summary['late_ms_p50']:.2f} / {summary['late_ms_p99']:.2f}"
+            ),
+        },
+    )
+    _say(f"published {summary['messages']} messages on {len(summary['topics'])} topics; {md_path}")
+    return 0
+
+
+def cmd_import(cfg: DictConfig) -> int:
+    from hw.logs import import_bag
+
+    bag = Path(cfg.bag)
+    cfg.env.name = f"import-{bag.name}"
+    run_dir = make_run_dir(cfg, "import")
+    env_id = _bag_env_id(cfg, bag)
+    out = Path(cfg.out) if cfg.out is not None else run_dir / "episodes.zarr"
+    hw_env = cfg.hw.env
+    store = import_bag(
+        bag,
+        out,
+        env_id=env_id,
+        topics=OmegaConf.to_container(hw_env.topics, resolve=True),
+        use_yaw=bool(_env_kwargs(cfg).get("use_yaw", False)),
+        pose_frames=list(hw_env.get("pose_frames") or ("world", "panda_link0")),
+    )
+    _say(
+        f"imported {store.n_episodes} episodes ({store.n_steps} steps at "
+        f"{store.attrs.get('control_hz')} Hz) of {env_id} from {bag} into {store.path}"
+    )
+    print(json.dumps(describe_store(store), indent=2, default=str))
     return 0
 
 
@@ -842,10 +1052,21 @@ VERBS: dict[str, Callable[[DictConfig], int]] = {
     "train": cmd_train,
     "eval": cmd_eval,
     "replay": cmd_replay,
+    "import": cmd_import,
     "deploy": cmd_deploy,
     "info": cmd_info,
 }
-POSITIONAL = {"info": "store", "replay": "log"}
+POSITIONAL = {"info": "store", "replay": "log", "import": "bag"}
+#: Data keys of a store that are not observations.
+NON_OBSERVATION_KEYS = {
+    "action",
+    "reward",
+    "terminated",
+    "timestamp",
+    "stamp_ns",
+    "obs_latency",
+    "overrun",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
