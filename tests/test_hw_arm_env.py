@@ -181,7 +181,7 @@ def test_real_robot_mode_with_a_best_effort_driver_goes_home_on_reset(make, ros_
         np.testing.assert_allclose(obs["goal_pos"], [0.5, 0.0, 0.3])
         assert obs["gripper"][0] == pytest.approx(0.08)
         assert info["stamp_ns"] > 0 and 0 <= info["obs_latency"] < 1.0
-        wait_until(lambda: spy.count(TRAJECTORY) >= 4, 2.0, "the move home's 4 commands")
+        wait_until(lambda: spy.count(TRAJECTORY) >= 4, 15.0, "the move home's 4 commands")
         command = spy.messages[TRAJECTORY][-1]
         assert list(command.joint_names) == list(JOINT_NAMES)
         assert len(command.points) == 1
@@ -212,7 +212,8 @@ def test_watchdog_holds_the_arm_and_ends_the_episode_when_the_standin_stops(make
     assert truncated and not terminated
     assert info["abort_reason"].startswith("watchdog: no fresh message on /joint_states")
     assert [e["kind"] for e in info["safety_events"]] == ["watchdog"]
-    assert time.monotonic() - stopped < 0.5, "the watchdog fired late"
+    # 0.2 s timeout at 20 Hz steps; the margin is for a loaded 2-core machine.
+    assert time.monotonic() - stopped < 1.0, "the watchdog fired late"
     # The last command out is the hold: the last measured joint positions.
     wait_until(
         lambda: np.allclose(
@@ -248,7 +249,7 @@ def test_nan_and_inf_actions_never_reach_the_command_topics(make):
         _, _, _, truncated, info = lenient.step(np.array(action, dtype=np.float32))
         assert not truncated
     assert [e["kind"] for e in info["safety_events"]] == []
-    wait_until(lambda: spy.count(FORWARD) >= 6, 2.0, "the commands")
+    wait_until(lambda: spy.count(FORWARD) >= 6, 15.0, "the commands")
     time.sleep(0.1)
     for topic in (FORWARD, GRIPPER):
         assert spy.count(topic) > 0
@@ -272,7 +273,7 @@ def test_estop_service_holds_latches_and_clears(make, ros_domain):  # noqa: F811
     response = spy.runtime.call(estop, Trigger.Request(), 5.0, "estop")
     assert response.success and "latched" in response.message
     # The hold goes out from the service callback, without waiting for the next step.
-    wait_until(lambda: spy.count(TRAJECTORY) > sent, 1.0, "the e-stop's hold command")
+    wait_until(lambda: spy.count(TRAJECTORY) > sent, 10.0, "the e-stop's hold command")
     _, _, _, truncated, info = env.step(np.array([1.0, 0, 0, 1], dtype=np.float32))
     assert truncated and info["abort_reason"].startswith("estop")
     with pytest.raises(RuntimeError, match="e-stop is latched.*clear_estop"):

@@ -26,7 +26,7 @@ from robolearn.data.rosbag import (
 )
 from robolearn.data.store import EpisodeStore
 from robolearn.robots.panda import HOME_QPOS, JOINT_NAMES, ArmIK
-from tests.hw_fixtures import needs_rclpy
+from tests.hw_fixtures import needs_rclpy, wait_until
 
 JOINT_STATE = "sensor_msgs/msg/JointState"
 KILLED_WRITER = """
@@ -332,7 +332,9 @@ def test_bag_played_back_onto_ros_topics_at_its_timing(deployment, tmp_path):
     spy = RawSpy(domain, topics)
     try:
         summary = play_bag(bag, topics, rate=2.0, domain_id=domain, wait_for_subscribers=5.0)
-        time.sleep(0.3)
+        wait_until(
+            lambda: sum(len(spy.messages[t]) for t in topics) >= len(logged), 10.0, "the replay"
+        )
     finally:
         spy.close()
     assert summary["messages"] == len(logged)
@@ -344,7 +346,7 @@ def test_bag_played_back_onto_ros_topics_at_its_timing(deployment, tmp_path):
         want = (np.array([m.log_ns for m in sent]) - sent[0].log_ns) * 1e-9 / 2.0
         have = np.array([t for t, _ in got]) - got[0][0]
         error = np.abs(have - want)
-        assert np.median(error) < 0.005 and error.max() < 0.05, (np.median(error), error.max())
+        assert np.median(error) < 0.005 and error.max() < 0.15, (np.median(error), error.max())
 
 
 @needs_rclpy
