@@ -42,18 +42,16 @@ from robolearn.rollout import rollout
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dsrl"
 EVAL_SEED = 1_000_000
-#: task -> (env id, expert factory, demonstration noise, demonstrations)
+#: task -> (env id, expert factory, demonstration noise, demonstrations). The expert noise of
+#: each task is set so that the base policy trained on its demonstrations succeeds 20-60% of the
+#: time, as the issue asks (measured: the "base" rows of the table).
+ARM_EXPERT, METAWORLD_EXPERT = "sims.arm.experts:make_expert", "sims.metaworld:make_expert"
 TASKS: dict[str, tuple[str, str, float, int]] = {
-    "push": ("robolearn/ArmPush-v0", "sims.arm.experts:make_expert", 0.3, 200),
-    "pick_place": ("robolearn/ArmPickPlace-v0", "sims.arm.experts:make_expert", 0.3, 200),
-    "mw_push": ("robolearn/MetaWorld-push-v3", "sims.metaworld:make_expert", -1, 200),
-    "mw_door_open": ("robolearn/MetaWorld-door-open-v3", "sims.metaworld:make_expert", -1, 200),
-    "mw_drawer_open": (
-        "robolearn/MetaWorld-drawer-open-v3",
-        "sims.metaworld:make_expert",
-        -1,
-        200,
-    ),
+    "push": ("robolearn/ArmPush-v0", ARM_EXPERT, 0.3, 200),
+    "pick_place": ("robolearn/ArmPickPlace-v0", ARM_EXPERT, 0.15, 200),
+    "mw_push": ("robolearn/MetaWorld-push-v3", METAWORLD_EXPERT, 0.15, 200),
+    "mw_door_open": ("robolearn/MetaWorld-door-open-v3", METAWORLD_EXPERT, 0.75, 200),
+    "mw_drawer_open": ("robolearn/MetaWorld-drawer-open-v3", METAWORLD_EXPERT, 0.5, 200),
 }
 METHODS = ("base", "na", "sac", "sac_scratch")
 #: DSRLConfig fields the ablation table shows.
@@ -84,26 +82,24 @@ def _import(target: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def demo_noise(task: str) -> float:
-    env_id, expert, noise, _ = TASKS[task]
-    if noise >= 0:
-        return noise
-    from sims.metaworld import IMPERFECT_NOISE
-
-    return IMPERFECT_NOISE[env_id.split("-", 1)[1]]
-
-
 def base_policy(task: str) -> tuple[DiffusionPolicy, EpisodeStore]:
     """The task's base diffusion policy and its demonstrations (trained once, cached)."""
-    env_id, expert, _, demos = TASKS[task]
+    env_id, expert, noise, demos = TASKS[task]
     root = RESULTS / task / "base"
     policy_dir = root / "policy"
     store_path = root / "demos.zarr"
-    if not store_path.exists() or EpisodeStore.open(store_path).n_episodes < demos:
+    if store_path.exists():
+        cached = EpisodeStore.open(store_path)
+        if cached.n_episodes < demos or cached.attrs.get("demo_noise") != noise:
+            import shutil
+
+            shutil.rmtree(root)  # demonstrations of another setting: record and train anew
+    if not store_path.exists():
         env = make_vector_env(env_id, 10)
         keys = list(getattr(env.single_observation_space, "spaces", ["obs"]))
-        store = EpisodeStore.create(store_path, attrs={"env_id": env_id, "observation_keys": keys})
-        policy = _import(expert)(env_id, noise=demo_noise(task), seed=0)
+        attrs = {"env_id": env_id, "observation_keys": keys, "demo_noise": noise}
+        store = EpisodeStore.create(store_path, attrs=attrs)
+        policy = _import(expert)(env_id, noise=noise, seed=0)
         rollout(policy, env, demos, seed=0, store=store, progress=True, desc=f"demos {task}")
         env.close()
     store = EpisodeStore.open(store_path)
@@ -170,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         "seed": args.seed,
         "base_success": base_success,
         "demo_success": float(store.meta("success").mean()),
-        "demo_noise": demo_noise(args.task),
+        "demo_noise": TASKS[args.task][2],
     }
     if args.method == "base":
         curve = [(0, base_success), (args.budget, base_success)]
