@@ -54,6 +54,9 @@ TASKS: dict[str, tuple[str, str, float, int]] = {
     "mw_drawer_open": ("robolearn/MetaWorld-drawer-open-v3", METAWORLD_EXPERT, 0.5, 200),
 }
 METHODS = ("base", "na", "sac", "sac_scratch")
+SAMPLED = " (sampled noise)"
+#: Table rows: the methods, the steered ones also acting with sampled noise.
+ROWS = ("base", "na", f"na{SAMPLED}", "sac", f"sac{SAMPLED}", "sac_scratch")
 #: DSRLConfig fields the ablation table shows.
 PROBE_KEYS = ("reward", "noise_prior", "ent_coef", "layer_norm", "gradient_steps")
 BUDGET = 100_000
@@ -265,12 +268,18 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         results = [json.loads(p.read_text()) for p in sorted(task_dir.glob("*-*.json"))]
         if not results:
             continue
+        # The steered policies were also evaluated sampling their noise: rows of their own.
+        results += [
+            {**r, "method": f"{r['method']}{SAMPLED}", "curve": r["curve_stochastic"]}
+            for r in results
+            if r["method"] in METHODS and r.get("curve_stochastic")
+        ]
         names = sorted({r["method"] for r in results})
-        ablations = [n for n in names if n not in METHODS]
+        ablations = [n for n in names if n not in ROWS]
         curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for name in [m for m in METHODS if m in names] + ablations:
+        for name in [m for m in ROWS if m in names] + ablations:
             runs = [r for r in results if r["method"] == name]
-            if name in METHODS:
+            if name in ROWS:
                 rows.append([task_dir.name, name, len(runs), *_success_row(runs, budgets)])
                 curves[name] = _median_curve(runs)
             if name in ablations or (name == "na" and ablations):
@@ -301,7 +310,9 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         *[f"- {n}" for n in notes],
         "",
         "Success over 50 held-out seeds (from 1,000,000); median over seeds; '-' = no run "
-        "reached that budget yet. Curves: `benchmarks/results/dsrl/<task>.png`.",
+        "reached that budget yet. DSRL rows act with the actor's mean noise, '(sampled noise)' "
+        "rows sample it (runs from before that evaluation existed have none). Curves: "
+        "`benchmarks/results/dsrl/<task>.png`.",
     ]
     if probe_rows:
         body += [
