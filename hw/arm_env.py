@@ -12,8 +12,9 @@ Actions go through the same :class:`~robolearn.robots.panda.ArmIK` as in simulat
 safety layer (:mod:`hw.safety`), then to a ros2_control JointTrajectoryController
 (``trajectory_msgs/JointTrajectory``, one point reached in one control period) or a forward
 command controller (``std_msgs/Float64MultiArray``), chosen by ``controller``; the fingers take
-a ``Float64MultiArray`` of their two positions. ``step`` runs at the robot's control rate: it
-publishes, sleeps until the next tick, then reads the freshest messages.
+a ``Float64MultiArray`` of their two positions. ``step`` runs at the robot's control rate (or
+``control_hz``): it publishes, sleeps until the next tick, then reads the freshest messages; with
+``sync_to_joint_states`` the driver's joint states pace the loop instead (see the argument).
 
 ``info`` carries ``success``, ``stamp_ns`` (the observation's JointState header stamp),
 ``obs_latency`` (ROS time now minus that stamp, s), ``overrun`` (the loop missed its tick),
@@ -131,6 +132,19 @@ class ROS2ArmEnv(gym.Env):
         terminate_on_success: End the episode when the task succeeds (as in simulation).
         use_yaw: Five-dimensional actions with a yaw delta (as in simulation).
         safety_log: JSON-lines file that every safety event is appended to.
+        control_hz: Control rate in Hz; ``None`` keeps the robot's (20 Hz, as in simulation).
+            An action moves the arm as far per step at any rate, so a policy trained at 20 Hz
+            moves faster at a higher rate: this is for loop benchmarks and policies trained at
+            that rate.
+        sync_to_joint_states: Pace the loop by the driver's joint states instead of a local
+            clock: each step waits for the first joint state stamped at least half a control
+            period after the one the previous observation came from (for at most the watchdog
+            timeout; stamps rather than arrival times, so a late message costs no step).
+            Observations are then one link latency old, where a free-running tick takes the
+            newest message, up to a whole state period older (at equal rates, by how far the
+            two clocks happen to be out of phase). For a driver that publishes at the control
+            rate (joint_state_broadcaster's ``state_publish_rate``), which then sets the rate;
+            ``overrun`` means that joint state was already waiting.
     """
 
     metadata = {"render_modes": [], "render_fps": int(PANDA_SPEC.control_hz)}
@@ -151,6 +165,8 @@ class ROS2ArmEnv(gym.Env):
         terminate_on_success: bool = True,
         use_yaw: bool = False,
         safety_log: str | Path | None = None,
+        control_hz: float | None = None,
+        sync_to_joint_states: bool = False,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
@@ -160,6 +176,8 @@ class ROS2ArmEnv(gym.Env):
             raise ValueError(
                 "reset_timeout and home_tolerance must be positive and home_duration >= 0"
             )
+        if control_hz is not None and not (math.isfinite(control_hz) and control_hz > 0):
+            raise ValueError(f"control_hz must be a positive number, got {control_hz!r}")
         if isinstance(topics, Mapping):
             topics = ArmTopics(**topics)
         if isinstance(safety, Mapping):
@@ -175,8 +193,13 @@ class ROS2ArmEnv(gym.Env):
         self.home_tolerance = float(home_tolerance)
         self.pose_frames = tuple(pose_frames)
         self.terminate_on_success = terminate_on_success
-        self.robot_spec = PANDA_YAW_SPEC if use_yaw else PANDA_SPEC
-        self.dt = self.robot_spec.dt
+        spec = PANDA_YAW_SPEC if use_yaw else PANDA_SPEC
+        if control_hz is not None:
+            spec = dataclasses.replace(spec, control_hz=float(control_hz))
+            self.metadata = {**self.metadata, "render_fps": int(round(control_hz))}
+        self.robot_spec = spec
+        self.dt = spec.dt
+        self.sync_to_joint_states = sync_to_joint_states
         self.ik = ArmIK(use_yaw=use_yaw)
         self.safety = ArmSafety(safety or ArmSafetyConfig(), self.ik, log_path=safety_log)
         self.has_object = self.task_class.has_object
@@ -185,12 +208,15 @@ class ROS2ArmEnv(gym.Env):
 
         self._joint_map = JointNameMap(JOINT_NAMES + FINGER_JOINT_NAMES)
         self._lock = threading.Lock()
+        # Notified on each accepted joint state (sync_to_joint_states waits on it).
+        self._joints_arrived = threading.Condition(self._lock)
         self._pub_lock = threading.Lock()
         self._latest: dict[str, _Sample] = {}
         self._problems: dict[str, str] = {}  # topic -> why its last message was dropped
         self._aborted: str | None = None
         self._events_seen = 0  # safety events already reported in an info
         self._next_tick = 0.0
+        self._joints_stamp_ns = 0  # header stamp of the current observation's joint state
         self._recorder: TopicRecorder | None = None
         self._snapshot_ns = 0  # log time of the last snapshot
         self._obs_ns = 0  # log time of the snapshot the current observation came from
@@ -290,6 +316,7 @@ class ROS2ArmEnv(gym.Env):
         with self._lock:
             log_ns = recorder_now_ns()
             self._latest[topic] = sample
+            self._joints_arrived.notify_all()
         self._record(topic, data, log_ns)
 
     def _record(self, topic: str, data: bytes, log_ns: int) -> None:
@@ -467,6 +494,7 @@ class ROS2ArmEnv(gym.Env):
         self.safety.start_episode()
         self._events_seen = len(self.safety.events)
         self._next_tick = time.monotonic()
+        self._joints_stamp_ns = samples[self.topics.joint_states].stamp_ns
         obs = self._observe(samples)
         info = self._info(samples, obs)
         info["overrun"] = False
@@ -554,16 +582,20 @@ class ROS2ArmEnv(gym.Env):
         if self._recorder is not None:
             self._recorder.action(action, self._obs_ns)
         abort = self._command(action)
-        # Fixed rate: sleep to the next tick; after an overrun restart the schedule from now
-        # rather than firing a burst of late steps.
-        self._next_tick += self.dt
-        delay = self._next_tick - time.monotonic()
-        overrun = delay < 0
-        if overrun:
-            self._next_tick = time.monotonic()
+        if self.sync_to_joint_states:
+            overrun = self._wait_for_next_joints()
         else:
-            time.sleep(delay)
+            # Fixed rate: sleep to the next tick; after an overrun restart the schedule from
+            # now rather than firing a burst of late steps.
+            self._next_tick += self.dt
+            delay = self._next_tick - time.monotonic()
+            overrun = delay < 0
+            if overrun:
+                self._next_tick = time.monotonic()
+            else:
+                time.sleep(delay)
         samples = self._snapshot()
+        self._joints_stamp_ns = samples[self.topics.joint_states].stamp_ns
         self._obs_ns = self._snapshot_ns
         if abort is None and safety.estop_reason is not None:
             abort = f"estop: {safety.estop_reason}"
@@ -591,6 +623,22 @@ class ROS2ArmEnv(gym.Env):
             if terminated or abort is not None:
                 self._end_recorded_episode()
         return obs, float(reward), terminated, abort is not None, info
+
+    def _wait_for_next_joints(self) -> bool:
+        """Wait for the first joint state stamped half a control period or more after the
+        current observation's (at most the watchdog timeout, which then judges the stale one);
+        whether it had already arrived (the loop is late)."""
+        earliest = self._joints_stamp_ns + round(0.5e9 * self.dt)
+        topic = self.topics.joint_states
+
+        def arrived() -> bool:
+            sample = self._latest.get(topic)
+            return sample is not None and sample.stamp_ns >= earliest
+
+        with self._joints_arrived:
+            late = arrived()
+            self._joints_arrived.wait_for(arrived, self.safety.config.watchdog_timeout)
+        return late
 
     def _record_safety_events(self) -> list[dict[str, Any]]:
         """The safety events since the last call, as dicts, recorded on the safety topic."""

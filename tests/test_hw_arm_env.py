@@ -66,6 +66,8 @@ def make(ros_domain):  # noqa: F811 - the fixture
         elif kind == "env":
             kwargs.setdefault("scene_reset_node", "/standin_arm")
             obj = ROS2ArmEnv(domain_id=ros_domain, **kwargs)
+        elif kind == "driver":
+            obj = FakeDriver(ros_domain, **kwargs)
         else:
             obj = Spy(ros_domain, kwargs)
         made.append(obj)
@@ -74,6 +76,51 @@ def make(ros_domain):  # noqa: F811 - the fixture
     yield factory
     for obj in reversed(made):
         obj.close()
+
+
+class FakeDriver:
+    """A best-effort driver publishing the arm at home (joints reversed, an extra joint) and a
+    goal in the base frame at ``hz``, each JointState stamped at its publish time."""
+
+    def __init__(self, domain: int, hz: float = 100.0) -> None:
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import JointState
+
+        from hw.ros import sensor_qos
+
+        self.runtime = RosRuntime(domain)
+        node = self.runtime.create_node("fake_driver")
+        self._joints_pub = node.create_publisher(JointState, "/joint_states", sensor_qos())
+        self._goal_pub = node.create_publisher(PoseStamped, "/goal_pose", sensor_qos())
+        self._node = node
+        self._period = 1.0 / hz
+        self._running = threading.Event()
+        self._running.set()
+        self._thread = threading.Thread(target=self._publish, daemon=True)
+        self._thread.start()
+
+    def _publish(self) -> None:
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import JointState
+
+        names = ["camera_pan", *reversed(ALL_JOINTS)]
+        positions = [0.3, 0.04, 0.04, *reversed(HOME_QPOS.tolist())]
+        tick = time.monotonic()
+        while self._running.is_set():
+            msg = JointState(name=names, position=positions)
+            msg.header.stamp = self._node.get_clock().now().to_msg()
+            self._joints_pub.publish(msg)
+            goal = PoseStamped()
+            goal.header.frame_id = "panda_link0"
+            goal.pose.position.x, goal.pose.position.z = 0.5, 0.3
+            self._goal_pub.publish(goal)
+            tick += self._period
+            time.sleep(max(0.0, tick - time.monotonic()))
+
+    def close(self) -> None:
+        self._running.clear()
+        self._thread.join()
+        self.runtime.close()
 
 
 def run_expert(env, task: str, episodes: int, seed: int = 0):
@@ -144,54 +191,78 @@ def test_joints_in_another_order_with_extra_joints(make):
 
 def test_real_robot_mode_with_a_best_effort_driver_goes_home_on_reset(make, ros_domain):  # noqa: F811
     """No scene reset service: reset drives home; a best-effort publisher is heard."""
-    from geometry_msgs.msg import PoseStamped
-    from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
     from trajectory_msgs.msg import JointTrajectory
 
-    from hw.ros import sensor_qos
-
-    driver = RosRuntime(ros_domain)
-    node = driver.create_node("fake_driver")
-    joints_pub = node.create_publisher(JointState, "/joint_states", sensor_qos())
-    goal_pub = node.create_publisher(PoseStamped, "/goal_pose", sensor_qos())
-    names = ["camera_pan", *reversed(ALL_JOINTS)]
-    positions = [0.3, 0.04, 0.04, *reversed(HOME_QPOS.tolist())]
-    running = threading.Event()
-    running.set()
-
-    def publish() -> None:
-        while running.is_set():
-            msg = JointState(name=names, position=positions)
-            msg.header.stamp = node.get_clock().now().to_msg()
-            joints_pub.publish(msg)
-            goal = PoseStamped()
-            goal.header.frame_id = "panda_link0"
-            goal.pose.position.x, goal.pose.position.z = 0.5, 0.3
-            goal_pub.publish(goal)
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=publish, daemon=True)
-    thread.start()
+    make("driver")
     spy = make("spy", **{TRAJECTORY: JointTrajectory, GRIPPER: Float64MultiArray})
-    try:
-        env = make("env", task="reach", scene_reset_node=None, home_duration=0.2)
-        obs, info = env.reset()  # waits for a subscriber (the spy) on the command topics
-        np.testing.assert_allclose(obs["joint_pos"], HOME_QPOS, atol=1e-6)
-        np.testing.assert_allclose(obs["goal_pos"], [0.5, 0.0, 0.3])
-        assert obs["gripper"][0] == pytest.approx(0.08)
-        assert info["stamp_ns"] > 0 and 0 <= info["obs_latency"] < 1.0
-        wait_until(lambda: spy.count(TRAJECTORY) >= 4, 15.0, "the move home's 4 commands")
-        command = spy.messages[TRAJECTORY][-1]
-        assert list(command.joint_names) == list(JOINT_NAMES)
-        assert len(command.points) == 1
-        np.testing.assert_allclose(command.points[0].positions, HOME_QPOS, atol=1e-9)
-        assert command.points[0].time_from_start.nanosec == 50_000_000
-        assert list(spy.messages[GRIPPER][-1].data) == [0.04, 0.04]  # opened
-    finally:
-        running.clear()
-        thread.join()
-        driver.close()
+    env = make("env", task="reach", scene_reset_node=None, home_duration=0.2)
+    obs, info = env.reset()  # waits for a subscriber (the spy) on the command topics
+    np.testing.assert_allclose(obs["joint_pos"], HOME_QPOS, atol=1e-6)
+    np.testing.assert_allclose(obs["goal_pos"], [0.5, 0.0, 0.3])
+    assert obs["gripper"][0] == pytest.approx(0.08)
+    assert info["stamp_ns"] > 0 and 0 <= info["obs_latency"] < 1.0
+    wait_until(lambda: spy.count(TRAJECTORY) >= 4, 15.0, "the move home's 4 commands")
+    command = spy.messages[TRAJECTORY][-1]
+    assert list(command.joint_names) == list(JOINT_NAMES)
+    assert len(command.points) == 1
+    np.testing.assert_allclose(command.points[0].positions, HOME_QPOS, atol=1e-9)
+    assert command.points[0].time_from_start.nanosec == 50_000_000
+    assert list(spy.messages[GRIPPER][-1].data) == [0.04, 0.04]  # opened
+
+
+def test_control_hz_sets_the_rate_and_the_trajectory_time(make):
+    from std_msgs.msg import Float64MultiArray
+    from trajectory_msgs.msg import JointTrajectory
+
+    with pytest.raises(ValueError, match="control_hz must be a positive number"):
+        ROS2ArmEnv(task="reach", control_hz=0.0)
+    make("driver")
+    spy = make("spy", **{TRAJECTORY: JointTrajectory, GRIPPER: Float64MultiArray})
+    env = make("env", task="reach", scene_reset_node=None, home_duration=0.05, control_hz=50)
+    assert env.dt == pytest.approx(0.02) and env.robot_spec.control_hz == 50.0
+    env.reset()
+    start = time.monotonic()
+    for _ in range(10):
+        env.step(np.zeros(4, dtype=np.float32))
+    assert time.monotonic() - start >= 9 * 0.02  # paced: never faster than 50 Hz
+    wait_until(lambda: spy.count(TRAJECTORY) >= 11, 15.0, "the commands")
+    assert spy.messages[TRAJECTORY][-1].points[0].time_from_start.nanosec == 20_000_000
+
+
+def test_sync_to_joint_states_paces_the_loop_by_the_driver(make):
+    """Each step takes the next joint state: the driver's rate, not control_hz, sets the pace,
+    and the watchdog still ends the episode when the driver stops."""
+    from std_msgs.msg import Float64MultiArray
+    from trajectory_msgs.msg import JointTrajectory
+
+    driver = make("driver", hz=25.0)
+    make("spy", **{TRAJECTORY: JointTrajectory, GRIPPER: Float64MultiArray})
+    env = make(
+        "env",
+        task="reach",
+        scene_reset_node=None,
+        home_duration=0.05,
+        control_hz=50,
+        sync_to_joint_states=True,
+        safety={"watchdog_timeout": 0.3},
+    )
+    _, info = env.reset()
+    stamps = [info["stamp_ns"]]
+    start = time.monotonic()
+    for _ in range(10):
+        _, _, _, truncated, info = env.step(np.zeros(4, dtype=np.float32))
+        assert not truncated
+        stamps.append(info["stamp_ns"])
+    # Ten new joint states, one per step: 25 Hz, where the 50 Hz tick would take 0.2 s.
+    assert time.monotonic() - start >= 9 * 0.04
+    assert np.all(np.diff(stamps) >= 0.5 * 0.02 * 1e9)
+    driver.close()
+    for _ in range(10):
+        _, _, _, truncated, info = env.step(np.zeros(4, dtype=np.float32))
+        if truncated:
+            break
+    assert truncated and info["abort_reason"].startswith("watchdog")
 
 
 def test_watchdog_holds_the_arm_and_ends_the_episode_when_the_standin_stops(make):
