@@ -1,0 +1,294 @@
+"""Sim-to-"hardware" transfer: the same policies, same seeds, in the training simulator (MuJoCo)
+and on the stand-in hardware through ROS 2 (issue 4's transfer table).
+
+Arm half: for each task (reach, push, pick-place) and policy, N episodes on the held-out seeds
+``EVAL_SEED, EVAL_SEED + 1, ...`` (those ``robolearn eval`` uses) in ``robolearn/Arm*-v0`` and on
+the PyBullet stand-in arm (``hw/standin_arm.py`` in a child process, configured as
+``configs/hw/standin_arm.yaml``: 4 ms + up to 2 ms latency, sensor noise) driven by the
+``robolearn/ROS2Arm*-v0`` env at its 20 Hz control rate, which starts each seed's episode where
+MuJoCo starts it. Policies:
+
+- ``expert``: the scripted expert, noise 0;
+- ``bc``: robolearn's BC MLP (default config) trained in MuJoCo on 500 clean expert
+  demonstrations (seeds 0..499); the checkpoint is cached in ``benchmarks/results/transfer/``.
+
+On the stand-in the script also measures, per step, the observation-to-command latency (the
+observation's JointState header stamp, taken in the stand-in when it measured, to the call of
+``env.step`` that publishes the command computed from it: link latency, the wait for the control
+tick, the policy and observation building) and counts safety aborts and interventions.
+
+The quadrotor half (survival / final error) plugs in as another entry of ``PLATFORMS`` once the
+stand-in quadrotor exists. Each platform's results are kept as JSON in
+``benchmarks/results/transfer/<platform>.json`` and the section is rebuilt from all of them, so
+one platform can be re-run alone: ``python -m benchmarks.bench_transfer [--episodes 50]
+[--platforms arm] [--tasks reach push pick_place] [--policies expert bc]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from benchmarks.report import table, write_section
+from robolearn.policy import Policy, load_policy
+
+RESULTS = Path(__file__).resolve().parent / "results" / "transfer"
+HW_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hw" / "standin_arm.yaml"
+EVAL_SEED = 1_000_000  # the seeds `robolearn eval` uses: disjoint from the BC demonstrations
+BC_DEMOS = 500
+ARM_TASKS = {
+    "reach": ("robolearn/ArmReach-v0", "robolearn/ROS2ArmReach-v0"),
+    "push": ("robolearn/ArmPush-v0", "robolearn/ROS2ArmPush-v0"),
+    "pick_place": ("robolearn/ArmPickPlace-v0", "robolearn/ROS2ArmPickPlace-v0"),
+}
+
+
+def isolated_ros_domain() -> int:
+    """A ROS domain of this run, discovery limited to this machine (also for child processes),
+    so the benchmark neither hears nor disturbs other ROS traffic."""
+    domain = 150 + os.getpid() % 50
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    return domain
+
+
+def bc_policy(task: str, sim_id: str) -> Policy:
+    """The BC policy of ``task`` trained in MuJoCo: the cached checkpoint, or train and cache it."""
+    from robolearn.algos.bc import BCConfig, default_obs_keys, train_bc
+    from robolearn.data.store import EpisodeStore
+    from robolearn.envs import make_env
+    from robolearn.rollout import rollout
+    from sims.arm.experts import make_expert
+
+    ckpt = RESULTS / f"bc-{task}" / "policy"
+    if not (ckpt / "policy.json").exists():
+        env = make_env(sim_id)
+        with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
+            store = EpisodeStore.create(
+                Path(tmp) / "demos.zarr",
+                attrs={"observation_keys": list(env.observation_space.spaces)},
+            )
+            rollout(make_expert(sim_id), env, BC_DEMOS, seed=0, store=store, progress=False)
+            data = store.load()
+            keys = default_obs_keys(data, store.attrs["observation_keys"])
+            start = time.perf_counter()
+            policy = train_bc(
+                data, store.episode_ends, keys, BCConfig(), Path(tmp) / "run", progress=False
+            )
+            print(f"trained BC on {task} in {time.perf_counter() - start:.0f} s", flush=True)
+            policy.save(ckpt)
+        env.close()
+    return load_policy(ckpt)
+
+
+def make_policy(name: str, task: str, sim_id: str) -> Policy:
+    from sims.arm.experts import make_expert
+
+    if name == "expert":
+        return make_expert(sim_id, noise=0.0)
+    if name == "bc":
+        return bc_policy(task, sim_id)
+    raise ValueError(f"unknown policy {name!r}")
+
+
+def sim_success(policy: Policy, sim_id: str, episodes: int) -> float:
+    """Success rate of ``policy`` in MuJoCo on the evaluation seeds."""
+    from robolearn.envs import make_env
+    from robolearn.rollout import rollout
+
+    env = make_env(sim_id)
+    try:
+        return rollout(policy, env, episodes, seed=EVAL_SEED, progress=False).success_rate
+    finally:
+        env.close()
+
+
+def standin_episodes(policy: Policy, task: str, hw_id: str, episodes: int) -> dict[str, Any]:
+    """Run ``policy`` back to back on one stand-in arm; success, latency and safety numbers."""
+    from hw.deploy import StandInProcess
+    from robolearn.envs import make_env
+
+    config = yaml.safe_load(HW_CONFIG.read_text())
+    log = RESULTS / f"standin-{task}.log"
+    standin = StandInProcess({**config["standin"], "task": task}, None, log)
+    successes, latencies, lengths = [], [], []
+    aborts: collections.Counter[str] = collections.Counter()
+    events: collections.Counter[str] = collections.Counter()
+    overruns = steps = 0
+    try:
+        env = make_env(hw_id, config["env"])
+        try:
+            for i in range(episodes):
+                policy.reset(1)
+                obs, info = env.reset(seed=EVAL_SEED + i)
+                success, done, length = bool(info["success"]), False, 0
+                while not done:
+                    action = policy.act({k: v[None] for k, v in obs.items()})[0]
+                    # ROS time is the system clock: comparable with the stand-in's stamps.
+                    latencies.append((time.time_ns() - info["stamp_ns"]) * 1e-6)
+                    obs, _, terminated, truncated, info = env.step(action)
+                    done = terminated or truncated
+                    success = success or bool(info["success"])
+                    length += 1
+                    overruns += bool(info["overrun"])
+                    events.update(e["kind"] for e in info["safety_events"])
+                    if "abort_reason" in info:
+                        aborts[info["abort_reason"].split(":", 1)[0]] += 1
+                successes.append(success)
+                lengths.append(length)
+                steps += length
+                standin.check_alive()
+        finally:
+            env.close()
+    finally:
+        standin.stop()
+    lat = np.asarray(latencies)
+    return {
+        "success": float(np.mean(successes)),
+        "mean_length": float(np.mean(lengths)),
+        "latency_ms_mean": float(lat.mean()),
+        "latency_ms_p99": float(np.percentile(lat, 99)),
+        "steps": steps,
+        "overruns": overruns,
+        "aborts": dict(aborts),
+        "safety_events": dict(events),
+    }
+
+
+def arm_results(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One result per (task, policy) of the arm half."""
+    import hw  # noqa: F401 - registers the ROS 2 env ids
+
+    results = []
+    for task in args.tasks:
+        sim_id, hw_id = ARM_TASKS[task]
+        for name in args.policies:
+            policy = make_policy(name, task, sim_id)
+            start = time.perf_counter()
+            sim = sim_success(policy, sim_id, args.episodes)
+            sim_s = time.perf_counter() - start
+            start = time.perf_counter()
+            real = standin_episodes(policy, task, hw_id, args.episodes)
+            hw_s = time.perf_counter() - start
+            result = {
+                "task": task,
+                "policy": name,
+                "episodes": args.episodes,
+                "sim_success": sim,
+                "hw": real,
+                "sim_s": sim_s,
+                "hw_s": hw_s,
+            }
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    return results
+
+
+def arm_table(results: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in results:
+        h = r["hw"]
+        aborts = ", ".join(f"{k} {v}" for k, v in sorted(h["aborts"].items())) or "none"
+        events = ", ".join(f"{k} {v}" for k, v in sorted(h["safety_events"].items())) or "none"
+        rows.append(
+            [
+                r["task"],
+                r["policy"],
+                r["episodes"],
+                f"{r['sim_success']:.0%}",
+                f"{h['success']:.0%}",
+                f"{h['success'] - r['sim_success']:+.0%}",
+                f"{h['latency_ms_mean']:.1f} / {h['latency_ms_p99']:.1f}",
+                aborts,
+                events,
+                f"{h['overruns']} / {h['steps']}",
+                f"{r['hw_s']:.0f}",
+            ]
+        )
+    header = [
+        "task",
+        "policy",
+        "episodes",
+        "MuJoCo success",
+        "stand-in success",
+        "gap",
+        "obs-to-command ms, mean / p99",
+        "safety aborts",
+        "safety interventions",
+        "overruns / steps",
+        "stand-in wall s",
+    ]
+    return table(header, rows)
+
+
+#: Platform -> (function producing its results, function rendering them as markdown).
+PLATFORMS: dict[str, tuple[Callable[..., list[dict[str, Any]]], Callable[..., str]]] = {
+    "arm": (arm_results, arm_table),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--episodes", type=int, default=50, help="per task, policy and side")
+    parser.add_argument("--platforms", nargs="+", choices=sorted(PLATFORMS), default=["arm"])
+    parser.add_argument("--tasks", nargs="+", choices=sorted(ARM_TASKS), default=list(ARM_TASKS))
+    parser.add_argument("--policies", nargs="+", choices=["expert", "bc"], default=["expert", "bc"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    isolated_ros_domain()
+    load = os.getloadavg()
+    for platform in args.platforms:
+        start = time.perf_counter()
+        results = PLATFORMS[platform][0](args)
+        (RESULTS / f"{platform}.json").write_text(
+            json.dumps(
+                {
+                    "results": results,
+                    "wall_s": time.perf_counter() - start,
+                    "load_before": load,
+                    "load_after": os.getloadavg(),
+                },
+                indent=1,
+            )
+        )
+    parts = []
+    for platform, (_, render) in PLATFORMS.items():
+        path = RESULTS / f"{platform}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            loads = "/".join(f"{x:.1f}" for x in saved["load_before"])
+            parts.append(
+                f"**{platform}** ({saved['wall_s'] / 60:.0f} min; 1/5/15-min load average "
+                f"{loads} at the start)\n\n{render(saved['results'])}"
+            )
+    body = (
+        "Same policies, same seeds (held-out seeds from 1,000,000) in MuJoCo and on the "
+        "PyBullet stand-in arm through ROS 2 (`configs/hw/standin_arm.yaml`: JointTrajectory "
+        "controller, 4 ms + 0-2 ms link latency, 2 ms command latency, sensor noise; another "
+        "physics engine with its own contacts and friction), 20 Hz control. Policies: the "
+        "scripted expert (noise 0) and BC (default config, 500 MuJoCo demos). "
+        "Obs-to-command: the JointState's header stamp (set in the stand-in at measurement) to "
+        "the `env.step` call that publishes the command computed from it. Safety interventions: "
+        "events by kind where the safety layer bounded or held a command and the episode went "
+        "on; an abort ends the episode. Overruns: control ticks the loop missed.\n\n"
+        + "\n\n".join(parts)
+        + "\n\nThe quadrotor half (survival / final error, sim vs stand-in quadrotor) comes with "
+        "the stand-in quadrotor: it is another entry of `PLATFORMS` in the script."
+    )
+    write_section("transfer", "Transfer: training simulator vs stand-in hardware over ROS 2", body)
+
+
+if __name__ == "__main__":
+    main()
