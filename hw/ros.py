@@ -8,9 +8,12 @@ and with a sourced system ROS 2 install.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
+
+logger = logging.getLogger("hw.ros")
 
 #: What to do when rclpy is missing, appended to the ImportError.
 INSTALL_HINT = (
@@ -144,6 +147,10 @@ class RosRuntime:
                 self.executor.spin_once(timeout_sec=0.02)
             except ExternalShutdownException:
                 return
+            except Exception:
+                # A failing callback costs its message or request, not the node: an executor
+                # thread that died would leave a live process deaf to everything.
+                logger.exception("a ROS callback failed")
 
     def wait_for(self, future: Any, timeout: float, what: str) -> Any:
         """The result of an rclpy future completed by the executor thread.

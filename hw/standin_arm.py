@@ -216,12 +216,15 @@ class StandInArm:
         self.commands_received = 0
         self._running = threading.Event()
 
+        self._outbox = _DelayLine("standin-outbox")
+        self._inbox = _DelayLine("standin-inbox")
         self._ros = RosRuntime(domain_id)
         try:
-            self._setup_node()
-            self._outbox = _DelayLine("standin-outbox")
-            self._inbox = _DelayLine("standin-inbox")
+            # The scene is ready before the node exists: the executor spins from the moment the
+            # reset service does, and a client's reset must neither find the scene half made
+            # nor be overwritten by this initial one.
             self._reset_scene(config.seed)
+            self._setup_node()
             self._running.set()
             self._physics = threading.Thread(
                 target=self._physics_loop, name="standin-physics", daemon=True
@@ -229,6 +232,8 @@ class StandInArm:
             self._physics.start()
         except BaseException:
             self._ros.close()
+            self._outbox.stop()
+            self._inbox.stop()
             self.arm.close()
             raise
 

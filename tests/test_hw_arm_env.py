@@ -370,3 +370,30 @@ def test_reset_without_a_driver_says_what_is_missing(make):
     )
     with pytest.raises(TimeoutError, match="service /nobody/set_parameters not available"):
         stand_in.reset(seed=0)
+
+
+def test_a_failing_callback_does_not_stop_the_executor(ros_domain, caplog):  # noqa: F811
+    from std_msgs.msg import String
+
+    from hw.ros import command_qos
+
+    runtime = RosRuntime(ros_domain)
+    try:
+        node = runtime.create_node("flaky")
+        received = []
+
+        def callback(msg) -> None:
+            received.append(msg.data)
+            if len(received) == 1:
+                raise RuntimeError("the first message breaks this callback")
+
+        node.create_subscription(String, "/flaky", callback, command_qos(depth=10))
+        pub = node.create_publisher(String, "/flaky", command_qos(depth=10))
+        wait_until(lambda: pub.get_subscription_count() > 0, 10.0, "the subscription")
+        pub.publish(String(data="a"))
+        wait_until(lambda: len(received) == 1, 10.0, "the first message")
+        pub.publish(String(data="b"))
+        wait_until(lambda: len(received) == 2, 10.0, "a message after the failure")
+        assert "a ROS callback failed" in caplog.text
+    finally:
+        runtime.close()
