@@ -261,11 +261,25 @@ def deployment(tmp_path_factory):
     }
     spy = RawSpy(domain, topics)
     standin = StandInArm({"task": "reach", "extra_joints": ["conveyor"]}, domain_id=domain)
+    # Messages published before a subscriber matches are lost to it: the env starts listening
+    # only once the spy hears the stand-in, and commands only once the spy hears the env, so the
+    # spy gets everything the env receives and sends.
+    wait_until(lambda: len(spy.messages["/joint_states"]) > 0, 15.0, "the spy hearing joints")
     env = ROS2ArmEnv(
         task="reach",
         controller="forward_command",
         scene_reset_node="/standin_arm",
         domain_id=domain,
+    )
+    wait_until(
+        lambda: (
+            min(
+                env._command_pub.get_subscription_count(), env._gripper_pub.get_subscription_count()
+            )
+            >= 2
+        ),
+        15.0,
+        "the stand-in and the spy subscribing the commands",
     )
     store = EpisodeStore.create(
         root / "episodes.zarr", attrs={"env_id": "robolearn/ArmReach-v0", "control_hz": 20.0}
