@@ -253,11 +253,21 @@ def _success_row(runs: list[dict[str, Any]], budgets: Sequence[int]) -> list[str
 
 
 def _median_curve(runs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    longest = max(runs, key=lambda r: len(r["curve"]))
-    steps = np.array([s for s, _ in longest["curve"]])
-    curves = [dict(map(tuple, r["curve"])) for r in runs]
-    median = [statistics.median([c.get(int(s), np.nan) for c in curves]) for s in steps]
-    return steps, np.array(median)
+    """The median over runs at the longest run's evaluation steps.
+
+    Runs evaluate at the first chunk boundary past each multiple of the eval interval, so their
+    steps differ by a few; each run is interpolated onto the longest run's steps (NaN past its
+    own last evaluation).
+    """
+    longest = max(runs, key=lambda r: r["curve"][-1][0])
+    steps = np.array([s for s, _ in longest["curve"]], dtype=float)
+    values = []
+    for run in runs:
+        own_steps, own_values = np.array(run["curve"], dtype=float).T
+        curve = np.interp(steps, own_steps, own_values)
+        curve[steps > own_steps[-1] * 1.02] = np.nan
+        values.append(curve)
+    return steps, np.nanmedian(np.stack(values), axis=0)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
