@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from robolearn.config_checks import FieldChecks
 from robolearn.data.normalizer import Normalizer
 from robolearn.data.sampler import split_episodes
 from robolearn.nets.mlp import ACTIVATIONS, MLP
@@ -47,29 +48,16 @@ class BCConfig:
     checkpoint_every: int = 1000
 
     def __post_init__(self) -> None:
-        def fail(name: str, what: str) -> None:
-            raise ValueError(f"algo.{name}={getattr(self, name)!r}: {what}")
-
-        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                fail(name, "must be an integer >= 1")
-        for name in ("lr", "weight_decay", "val_ratio"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                fail(name, "must be a number")
-        if self.lr <= 0:
-            fail("lr", "must be > 0")
+        check = FieldChecks(self)
+        check.integers("steps", "batch_size", "log_every", "checkpoint_every")
+        check.numbers("weight_decay")
+        check.positive("lr")
         if self.weight_decay < 0:
-            fail("weight_decay", "must be >= 0")
-        if not 0 <= self.val_ratio < 1:
-            fail("val_ratio", "must be in [0, 1)")
-        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
-            fail("hidden", "must be a list of positive layer widths")
-        if self.activation not in ACTIVATIONS:
-            fail("activation", f"must be one of {sorted(ACTIVATIONS)}")
-        if self.normalization not in ("limits", "gaussian"):
-            fail("normalization", "must be limits or gaussian")
+            check.fail("weight_decay", "must be >= 0")
+        check.fraction("val_ratio")
+        check.widths("hidden")
+        check.choice("activation", sorted(ACTIVATIONS))
+        check.choice("normalization", ("limits", "gaussian"))
 
 
 class MLPPolicy(TorchModelPolicy):

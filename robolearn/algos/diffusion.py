@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from robolearn.config_checks import FieldChecks
 from robolearn.data.normalizer import Normalizer
 from robolearn.data.sampler import SequenceSampler, split_episodes
 from robolearn.nets.denoisers import ConditionalUnet1D, MLPDenoiser
@@ -93,13 +94,8 @@ class DiffusionConfig:
     checkpoint_every: int = 2000
 
     def __post_init__(self) -> None:
-        def fail(name: str, what: str) -> None:
-            raise ValueError(f"algo.{name}={getattr(self, name)!r}: {what}")
-
-        def is_int(value: Any) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        for name in (
+        check = FieldChecks(self)
+        check.integers(
             "obs_steps",
             "horizon",
             "action_steps",
@@ -112,51 +108,38 @@ class DiffusionConfig:
             "batch_size",
             "log_every",
             "checkpoint_every",
-        ):
-            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
-                fail(name, "must be an integer >= 1")
-        if not is_int(self.warmup_steps) or self.warmup_steps < 0:
-            fail("warmup_steps", "must be an integer >= 0")
-        if self.denoiser not in DENOISERS:
-            fail("denoiser", f"must be one of {DENOISERS}")
+        )
+        check.integers("warmup_steps", minimum=0)
+        check.choice("denoiser", DENOISERS)
         if self.action_steps > self.horizon - self.obs_steps + 1:
-            fail(
+            check.fail(
                 "action_steps",
                 f"must be <= horizon - obs_steps + 1 = {self.horizon - self.obs_steps + 1} "
                 "(executed actions start at the step of the latest observation)",
             )
         if self.inference_steps > self.train_timesteps:
-            fail("inference_steps", f"must be <= train_timesteps ({self.train_timesteps})")
-        for name in ("down_dims", "mlp_hidden"):
-            dims = getattr(self, name)
-            if not dims or any(not is_int(d) or d < 1 for d in dims):
-                fail(name, "must be a non-empty list of positive widths")
+            check.fail("inference_steps", f"must be <= train_timesteps ({self.train_timesteps})")
+        check.widths("down_dims", "mlp_hidden")
         if self.denoiser == "unet":
             multiple = ConditionalUnet1D.horizon_multiple(self.down_dims)
             if self.horizon % multiple:
-                fail(
+                check.fail(
                     "horizon",
                     f"must be a multiple of {multiple} for a U-Net with "
                     f"{len(self.down_dims)} levels (or use algo.denoiser=mlp)",
                 )
         if self.crop_shape is not None and (
-            len(self.crop_shape) != 2 or any(not is_int(c) or c < 1 for c in self.crop_shape)
+            len(self.crop_shape) != 2
+            or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in self.crop_shape)
         ):
-            fail("crop_shape", "must be null or [height, width]")
-        for name in ("lr", "weight_decay", "ema_power", "ema_max_decay", "val_ratio"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                fail(name, "must be a number")
-        if self.lr <= 0:
-            fail("lr", "must be > 0")
+            check.fail("crop_shape", "must be null or [height, width]")
+        check.numbers("weight_decay", "ema_power")
+        check.positive("lr")
         if self.weight_decay < 0:
-            fail("weight_decay", "must be >= 0")
-        if not 0 <= self.ema_max_decay < 1:
-            fail("ema_max_decay", "must be in [0, 1)")
-        if not 0 <= self.val_ratio < 1:
-            fail("val_ratio", "must be in [0, 1)")
-        if self.normalization not in ("limits", "gaussian"):
-            fail("normalization", "must be limits or gaussian")
+            check.fail("weight_decay", "must be >= 0")
+        check.fraction("ema_max_decay")
+        check.fraction("val_ratio")
+        check.choice("normalization", ("limits", "gaussian"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (sequences as lists)."""

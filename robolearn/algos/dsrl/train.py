@@ -27,6 +27,7 @@ from robolearn.algos.diffusion import DiffusionPolicy
 from robolearn.algos.dsrl.algorithms import DSRLNA, DSRLSAC, DSRLPolicy
 from robolearn.algos.dsrl.envs import REWARDS, NoiseActionVecEnv, make_chunked_vec_env
 from robolearn.algos.dsrl.steered import NoiseActor, SteeredPolicy
+from robolearn.config_checks import FieldChecks
 from robolearn.data.store import EpisodeStore
 from robolearn.report import plot_curves
 from robolearn.rollout import rollout
@@ -78,50 +79,31 @@ class DSRLConfig:
     buffer_size: int = 1_000_000
 
     def __post_init__(self) -> None:
-        def fail(name: str, what: str) -> None:
-            raise ValueError(f"algo.{name}={getattr(self, name)!r}: {what}")
-
-        def is_int(value: Any) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        if self.variant not in VARIANTS:
-            fail("variant", f"must be one of {VARIANTS}")
-        for name in ("env_steps", "n_envs", "gradient_steps", "batch_size", "eval_every"):
-            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
-                fail(name, "must be an integer >= 1")
-        if not is_int(self.eval_episodes) or self.eval_episodes < 1:
-            fail("eval_episodes", "must be an integer >= 1")
-        for name in ("distill_steps", "warmup_env_steps"):
-            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
-                fail(name, "must be an integer >= 0")
-        if not is_int(self.buffer_size) or self.buffer_size < self.n_envs:
-            fail("buffer_size", "must be an integer >= n_envs")
-        for name in ("noise_bound", "lr", "tau"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                fail(name, "must be a number > 0")
+        check = FieldChecks(self)
+        check.choice("variant", VARIANTS)
+        check.choice("reward", REWARDS)
+        check.integers("env_steps", "n_envs", "gradient_steps", "batch_size", "eval_every")
+        check.integers("eval_episodes")
+        check.integers("distill_steps", "warmup_env_steps", minimum=0)
+        check.integers("buffer_size", minimum=self.n_envs)
+        check.positive("noise_bound", "lr", "tau")
         if not 0 < self.gamma <= 1:
-            fail("gamma", "must be in (0, 1]")
+            check.fail("gamma", "must be in (0, 1]")
         if not hasattr(torch.nn, str(self.activation)):
-            fail("activation", "must name a torch.nn activation, e.g. Tanh or ReLU")
-        if not self.net_arch or any(not is_int(w) or w < 1 for w in self.net_arch):
-            fail("net_arch", "must be a list of positive layer widths")
-        for name in ("layer_norm", "noise_prior", "stochastic"):
-            if not isinstance(getattr(self, name), bool):
-                fail(name, "must be true or false")
-        if self.noise_prior and isinstance(self.ent_coef, str):
-            fail(
-                "ent_coef",
-                "must be a number with algo.noise_prior=true (auto-tuning targets an entropy, "
-                "the prior turns the term into a KL)",
-            )
-        if self.reward not in REWARDS:
-            fail("reward", f"must be one of {REWARDS}")
+            check.fail("activation", "must name a torch.nn activation, e.g. Tanh or ReLU")
+        check.widths("net_arch")
+        check.flags("layer_norm", "noise_prior", "stochastic")
         if isinstance(self.ent_coef, str):
             if not (self.ent_coef == "auto" or self.ent_coef.startswith("auto_")):
-                fail("ent_coef", "must be a number, auto or auto_<initial value>")
+                check.fail("ent_coef", "must be a number, auto or auto_<initial value>")
+            if self.noise_prior:
+                check.fail(
+                    "ent_coef",
+                    "must be a number with algo.noise_prior=true (auto-tuning targets an "
+                    "entropy, the prior turns the term into a KL)",
+                )
         elif isinstance(self.ent_coef, bool) or self.ent_coef <= 0:
-            fail("ent_coef", "must be a number > 0, auto or auto_<initial value>")
+            check.fail("ent_coef", "must be a number > 0, auto or auto_<initial value>")
 
 
 def build_learner(
