@@ -472,6 +472,8 @@ def raptor_config(cfg: DictConfig) -> Any:
             teachers=algo["teachers"],
             vehicle_seed=algo["vehicle_seed"],
             workers=algo["workers"],
+            min_teacher_return=algo["min_teacher_return"],
+            selection_episodes=algo["selection_episodes"],
             teacher=TeacherConfig(**teacher),
             distill=DistillConfig(**algo["distill"]),
         )

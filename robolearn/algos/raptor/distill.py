@@ -8,7 +8,10 @@ infer the vehicle from its history. Read top to bottom:
   with that vehicle's teacher action (on-policy imitation, the dataset rebuilt each epoch);
 * ``distill`` alternates collection and training by backpropagation through whole episodes
   (MSE on the teacher's action, masked after a crash), evaluates the student every epoch and
-  keeps the best one.
+  keeps the best one, checkpointing after every epoch so that an interrupted run resumes;
+* ``steady_state_offsets`` measures where each teacher really hovers: RAPTOR subtracts that
+  offset from the student's position input while it learns, so the student is taught to hover
+  at the target rather than at each teacher's slightly-off point.
 
 The env is a batched torch env with one vehicle per teacher (``sims.quadrotor.torch_env``):
 ``reset(mask)`` and ``step(action)`` return the teachers' privileged observations,
@@ -25,7 +28,7 @@ from typing import Protocol
 import torch
 
 from robolearn.algos.raptor.student import RaptorStudent, StudentPolicy
-from robolearn.training import MetricLog
+from robolearn.training import Checkpointer, MetricLog
 from robolearn.utils import progress_bar
 
 
@@ -33,6 +36,7 @@ class DistillEnv(Protocol):
     """One vehicle per teacher, torch tensors in and out (``sims.quadrotor.torch_env``)."""
 
     num_envs: int
+    generator: torch.Generator  # the env's RNG (initial states), saved with a checkpoint
 
     def reset(self, mask: torch.Tensor | None = None) -> torch.Tensor: ...
 
@@ -59,6 +63,7 @@ class DistillConfig:
     episode_steps: int = 500
     batch_episodes: int = 64
     lr: float = 1e-4
+    position_correction: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "episodes_per_teacher", "episode_steps", "batch_episodes"):
@@ -84,9 +89,17 @@ class Rollouts:
 
 @torch.no_grad()
 def collect(
-    env: DistillEnv, teachers: TeacherSet, student: RaptorStudent | None, steps: int
+    env: DistillEnv,
+    teachers: TeacherSet,
+    student: RaptorStudent | None,
+    steps: int,
+    position_offset: torch.Tensor | None = None,
 ) -> Rollouts:
-    """One episode per vehicle, flown by ``student`` (or by the teachers when None)."""
+    """One episode per vehicle, flown by ``student`` (or by the teachers when None).
+
+    ``position_offset`` ``(N, 3)``, if given, is subtracted from the student's position input
+    (columns 0-2), in the data and in what the student flies on.
+    """
     n = env.num_envs
     teacher_obs = env.reset()
     hidden = student.initial_state(n) if student is not None else None
@@ -95,6 +108,8 @@ def collect(
     obs, labels, mask = [], [], []
     for _ in range(steps):
         student_obs = env.student_observation()
+        if position_offset is not None:
+            student_obs = torch.cat((student_obs[:, :3] - position_offset, student_obs[:, 3:]), 1)
         label = teachers.act(teacher_obs)
         if student is None:
             action = label
@@ -115,6 +130,33 @@ def collect(
     return Rollouts(
         torch.stack(obs, 1), torch.stack(labels, 1), torch.stack(mask, 1).float(), returns
     )
+
+
+@torch.no_grad()
+def steady_state_offsets(
+    env: DistillEnv, teachers: TeacherSet, episodes: int, steps: int
+) -> torch.Tensor:
+    """Each teacher's mean position ``(N, 3)`` over the second half of its episodes.
+
+    RAPTOR's steady-state position correction (reference §8, steps 250-500 of 500): a teacher
+    whose hover point is a few centimetres off the target would otherwise teach the student
+    that offset. Vehicles that crash contribute only their finished episodes' second halves;
+    one that never survives into a second half gets offset 0. Positions are read from the
+    student observation (columns 0-2), whose clipping is far above any hover offset.
+    """
+    total = torch.zeros(env.num_envs, 3)
+    count = torch.zeros(env.num_envs, 1)
+    for _ in range(episodes):
+        teacher_obs = env.reset()
+        alive = torch.ones(env.num_envs, dtype=torch.bool, device=teacher_obs.device)
+        for t in range(steps):
+            if t >= steps // 2:
+                position = env.student_observation()[:, :3]
+                total += torch.where(alive[:, None], position, 0.0).cpu()
+                count += alive[:, None].float().cpu()
+            teacher_obs, _, terminated, _ = env.step(teachers.act(teacher_obs))
+            alive &= ~terminated
+    return total / count.clamp(min=1.0)
 
 
 def imitation_loss(student: RaptorStudent, batch: Rollouts) -> torch.Tensor:
@@ -145,23 +187,44 @@ def distill(
 ) -> tuple[StudentPolicy, dict[str, list[float]]]:
     """Train a student from ``teachers``; return the best epoch's student and the curves.
 
-    Curves: per epoch the imitation loss, the student's mean return flying every vehicle once,
-    and whether the data came from the teachers or the student.
+    Curves: per epoch the imitation loss, the student's mean return flying every vehicle once
+    (as deployed: no position correction), and whether the data came from the teachers or the
+    student. With ``run_dir``, every epoch ends with a checkpoint there
+    (``checkpoints/latest``: the current student plus the training state) and a call with the
+    same arguments resumes after the last finished epoch.
     """
     torch.manual_seed(seed)
     student = RaptorStudent().to(device)
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    log = MetricLog(run_dir) if run_dir is not None else None
     curves: dict[str, list[float]] = {"loss": [], "student_return": [], "on_policy": []}
     best_return, best_state = -float("inf"), copy.deepcopy(student.state_dict())
+    offset = None
+    checkpointer = Checkpointer(run_dir) if run_dir is not None else None
+    state = checkpointer.load_state() if checkpointer is not None else None
+    if state is not None:
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        env.generator.set_state(state["env_generator"])
+        curves, best_return, best_state = state["curves"], state["best_return"], state["best"]
+        offset = state["position_offset"]
+    elif cfg.position_correction:
+        offset = steady_state_offsets(env, teachers, cfg.episodes_per_teacher, cfg.episode_steps)
+    if offset is not None:
+        offset = offset.to(device)
+    first_epoch = len(curves["loss"])
+    log = MetricLog(run_dir) if run_dir is not None else None
+    if log is not None:
+        log.truncate_after(first_epoch)
     bar = progress_bar(cfg.epochs, "distill", progress)
-    for epoch in range(cfg.epochs):
+    bar.update(first_epoch)
+    for epoch in range(first_epoch, cfg.epochs):
         on_policy = epoch >= cfg.teacher_forcing_epochs
         student.eval()
         data = _concat(
             [
-                collect(env, teachers, student if on_policy else None, cfg.episode_steps)
+                collect(env, teachers, student if on_policy else None, cfg.episode_steps, offset)
                 for _ in range(cfg.episodes_per_teacher)
             ]
         )
@@ -188,6 +251,20 @@ def distill(
             )
         if flown > best_return:
             best_return, best_state = flown, copy.deepcopy(student.state_dict())
+        if checkpointer is not None:
+            checkpointer.save(
+                StudentPolicy(copy.deepcopy(student).cpu()),
+                {
+                    "student": student.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "env_generator": env.generator.get_state(),
+                    "curves": curves,
+                    "best_return": best_return,
+                    "best": best_state,
+                    "position_offset": None if offset is None else offset.cpu(),
+                },
+            )
         bar.set_postfix(loss=f"{curves['loss'][-1]:.4f}", ret=f"{flown:.1f}", refresh=False)
         bar.update(1)
     bar.close()

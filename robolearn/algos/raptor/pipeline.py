@@ -1,5 +1,5 @@
-"""The whole RAPTOR recipe in one call: sample vehicles, train a teacher per vehicle, distil
-them into the student, export it.
+"""The whole RAPTOR recipe in one call: sample vehicles, train a teacher per vehicle, keep the
+teachers that fly well enough, distil them into the student, export it.
 
 Each stage writes into the run folder and is skipped when its output is already there, so an
 interrupted run resumes at the stage it was in (teacher training also resumes mid-stage from
@@ -26,16 +26,25 @@ from robolearn.report import plot_curves
 
 @dataclasses.dataclass
 class RaptorConfig:
-    """Population size, seeds and the two stages' configurations."""
+    """Population size, seeds, teacher selection and the two stages' configurations.
+
+    Selection follows RAPTOR (reference §8): every teacher is evaluated deterministically over
+    ``selection_episodes`` episodes and only those whose mean return reaches
+    ``min_teacher_return`` (RAPTOR: 300 over 100 episodes) are distilled, best first. RAPTOR
+    aborts when fewer than its 1000 pass; here the run goes on with those that pass, and stops
+    with an error only when none does. ``min_teacher_return=None`` keeps every teacher.
+    """
 
     teachers: int = 1000
     vehicle_seed: int = 0  # vehicles come from sample_vehicles(teachers, vehicle_seed)
     workers: int = 1  # > 1: teacher training fans out over Ray tasks (a local Ray by default)
+    min_teacher_return: float | None = 300.0
+    selection_episodes: int = 100
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
-        for name in ("teachers", "workers"):
+        for name in ("teachers", "workers", "selection_episodes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be an integer >= 1")
         if self.workers > self.teachers:
@@ -56,7 +65,8 @@ def train_raptor(
 ) -> tuple[StudentPolicy, dict[str, Any]]:
     """Run (or resume) the pipeline in ``run_dir``; return the student and a summary.
 
-    Writes ``teachers/`` (all teacher actors), ``policy/`` (the student checkpoint),
+    Writes ``teachers/`` (all teacher actors), ``teacher_selection.json`` (every teacher's
+    evaluation return and the distilled ones), ``policy/`` (the student checkpoint),
     ``export/raptor_student.py`` and ``export/raptor_student.h``, ``distill.png`` and
     ``raptor_summary.json``.
     """
@@ -88,10 +98,20 @@ def train_raptor(
         teachers.save(teachers_dir)
     teacher_returns = teachers.train_returns or []
 
-    say(f"distillation: {cfg.distill.epochs} epochs over {cfg.teachers} vehicles")
-    env = env_factory(params, seed + 1, device)
+    selection = select_teachers(
+        teachers, params, cfg, env_factory, run_dir / "teacher_selection.json", seed, device, say
+    )
+    kept = selection["distilled"]
+    say(f"distillation: {cfg.distill.epochs} epochs over {len(kept)} vehicles")
+    env = env_factory(params.select(kept), seed + 1, device)
     student, curves = distill(
-        env, teachers, cfg.distill, run_dir / "distill_training", seed, device, progress
+        env,
+        teachers.select(kept),
+        cfg.distill,
+        run_dir / "distill_training",
+        seed,
+        device,
+        progress,
     )
     policy_dir = student.save(run_dir / "policy")
     (run_dir / "export").mkdir(parents=True, exist_ok=True)
@@ -109,6 +129,8 @@ def train_raptor(
         "teachers": cfg.teachers,
         "teacher_steps": cfg.teacher.steps,
         "teacher_train_return_median": _median(teacher_returns),
+        "teacher_eval_return_median": _median(selection["returns"]),
+        "teachers_distilled": len(kept),
         "distill_epochs": cfg.distill.epochs,
         "best_student_return": max(curves["student_return"]),
         "final_imitation_loss": curves["loss"][-1],
@@ -116,6 +138,43 @@ def train_raptor(
     }
     (run_dir / "raptor_summary.json").write_text(json.dumps(summary, indent=2))
     return student, summary
+
+
+def select_teachers(
+    teachers: Teachers,
+    params: Any,
+    cfg: RaptorConfig,
+    env_factory: Callable[[Any, int, str], Any],
+    path: Path,
+    seed: int = 0,
+    device: str = "cpu",
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Evaluate every teacher and pick the ones to distil (best first); cached in ``path``.
+
+    Returns ``{"returns": [...], "distilled": [indices], "min_teacher_return": bar}``.
+    Raises RuntimeError when no teacher reaches the bar.
+    """
+    if path.exists():
+        return json.loads(path.read_text())
+    n, episodes = teachers.num_teachers, cfg.selection_episodes
+    say(f"selection: evaluating {n} teachers over {episodes} episodes each")
+    returns = teachers.evaluate(env_factory(params, seed + 2, device), episodes).cpu()
+    order = torch.argsort(returns, descending=True)
+    bar = cfg.min_teacher_return
+    kept = [int(i) for i in order if bar is None or returns[i] >= bar]
+    if not kept:
+        raise RuntimeError(
+            f"no teacher reached the mean return {bar} (best {returns.max().item():.1f}): train "
+            "them longer (algo.teacher.steps) or lower algo.min_teacher_return"
+        )
+    say(
+        f"selection: {len(kept)}/{n} teachers reach {bar}"
+        f" (median return {returns.median().item():.1f})"
+    )
+    selection = {"returns": returns.tolist(), "distilled": kept, "min_teacher_return": bar}
+    path.write_text(json.dumps(selection, indent=2))
+    return selection
 
 
 def train_teachers_distributed(

@@ -202,6 +202,16 @@ class Teachers(Policy):
         action = torch.tanh(mean)
         return action.cpu().numpy() if is_numpy else action
 
+    def select(self, indices: Sequence[int]) -> Teachers:
+        """The teachers at ``indices``, in that order (weights and returns copied)."""
+        index = torch.as_tensor(list(indices), dtype=torch.long, device=self.device)
+        returns = None if self.train_returns is None else [self.train_returns[i] for i in indices]
+        subset = Teachers(
+            len(index), self.obs_dim, self.act_dim, self.actor_hidden, returns, self.device
+        )
+        subset.actor.load_state_dict({k: v[index] for k, v in self.actor.state_dict().items()})
+        return subset
+
     @torch.no_grad()
     def evaluate(self, env: BatchedTorchEnv, episodes: int = 10) -> torch.Tensor:
         """Each teacher's mean undiscounted return over ``episodes`` episodes on its own env.
