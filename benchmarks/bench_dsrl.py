@@ -13,8 +13,8 @@ The base policy of a task is trained once (``algo=diffusion_mlp`` settings) on i
 scripted demonstrations and cached next to the results. Its success on held-out seeds is the
 "demonstrations alone" line. Every learner gets the env's own dense reward (SAC from scratch
 acts per step; DSRL sums it over each chunk), so the methods differ only in what they steer.
-DSRL-NA also gets the demonstrations in its replay buffer (DSRL-SAC's buffer holds noise, which
-demonstrations do not have).
+DSRL-NA also gets the demonstrations in its replay buffer; DSRL-SAC runs without them, as upstream
+(its buffer holds noise; ``algo.demo_store`` can fill it by DDIM inversion, unused here).
 """
 
 from __future__ import annotations

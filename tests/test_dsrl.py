@@ -17,6 +17,7 @@ from robolearn.algos.dsrl import (
     make_chunked_vec_env,
     train_dsrl,
 )
+from robolearn.algos.dsrl.envs import decode
 from robolearn.algos.dsrl.train import (
     add_demonstrations,
     build_learner,
@@ -160,14 +161,51 @@ def test_dsrl_na_rejects_an_env_without_chunk_actions(fork_base):
         DSRLNA("MlpPolicy", ForkEnv(), base=base)
 
 
-def test_demonstrations_fill_the_replay_buffer(fork_base):
+@pytest.mark.parametrize("variant", ["na", "sac"])
+def test_demonstrations_fill_the_replay_buffer(fork_base, variant):
     base, store = fork_base
-    cfg = DSRLConfig(n_envs=2, warmup_env_steps=0)
+    cfg = DSRLConfig(variant=variant, n_envs=2, warmup_env_steps=0, noise_bound=1.5)
     model = build_learner(cfg, base, ForkEnv, seed=0)
     added = add_demonstrations(model, store, base)
-    assert added > 0 and model.replay_buffer.size() * 2 == added
-    rewards = model.replay_buffer.rewards[: model.replay_buffer.size()].ravel()
+    buffer = model.replay_buffer
+    assert added.chunks > 0 and buffer.size() * 2 == added.chunks
+    rewards = buffer.rewards[: buffer.size()].ravel()
     assert rewards.min() >= -4 and rewards.max() <= 0 and (rewards > -4).any()
+    actions = buffer.actions[: buffer.size()].reshape(added.chunks, -1)
+    assert np.abs(actions).max() <= 1.0
+    if variant == "sac":
+        # The stored noise decodes back into the demonstrated chunks (ForkEnv's demo actions
+        # are +-1 with 0.05 noise, so an error of 0.05 is a chunk within its own noise).
+        assert added.inversion_error < 0.05, added
+        obs = buffer.observations[: buffer.size()].reshape(added.chunks, -1)
+        chunks = decode(base, obs, model.policy.unscale_action(actions))
+        assert np.sign(chunks[:, 0]).tolist().count(1.0) > 0.2 * added.chunks  # both modes
+        assert np.sign(chunks[:, 0]).tolist().count(-1.0) > 0.2 * added.chunks
+    else:
+        assert added.inversion_error is None
+
+
+def test_ddim_inversion_recovers_the_noise_of_a_sample(fork_base):
+    base, _ = fork_base
+    rng = np.random.default_rng(0)
+    cond = torch.as_tensor(rng.uniform(-0.05, 0.05, (64, 2)).astype(np.float32))
+    noise = torch.as_tensor(rng.standard_normal((64, *base.noise_shape)).astype(np.float32))
+    chunk = base.decode(cond, noise)  # Tp == Ta here: the chunk is the whole horizon
+    error = (base.decode(cond, base.invert(cond, chunk)) - chunk).abs()
+    assert error.mean() < 0.015 and error.max() < 0.1, (error.mean(), error.max())
+    # The fixed-point refinement is what makes it this close (measured: 0.024 -> 0.0065).
+    plain = base.schedule.ddim_invert(
+        lambda x, t: base.model(x, t, cond),
+        base.normalizer.normalize("action", chunk),
+        base.inference_steps,
+        refine=0,
+    )
+    assert (base.decode(cond, plain) - chunk).abs().mean() > 2 * error.mean()
+    # A fresh noise decodes into the other mode about half the time: far from the chunk.
+    other = base.decode(cond, torch.randn_like(noise))
+    assert (other - chunk).abs().mean() > 0.3
+    with pytest.raises(ValueError, match="planned actions have shape"):
+        base.invert(cond, chunk[:, :2])
 
 
 @pytest.mark.parametrize("layer_norm", [True, False])

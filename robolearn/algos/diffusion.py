@@ -206,6 +206,31 @@ class NoiseSchedule:
             x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
         return x
 
+    def ddim_invert(
+        self, denoise: Any, sample: torch.Tensor, steps: int, refine: int = 2
+    ) -> torch.Tensor:
+        """The noise that :meth:`ddim_sample` with the same ``steps`` maps to ``sample``.
+
+        DDIM inversion: the sampler's updates run backwards, cleanest timestep first. Each
+        update needs epsilon at the noisier point it is computing; the first guess takes it at
+        the cleaner point (the usual approximation), and ``refine`` fixed-point iterations
+        re-evaluate it at the new estimate, which removes most of the round-trip error. Where
+        the sampler clipped its x0 prediction, no noise reproduces the sample exactly.
+        """
+        ratio = self.train_timesteps // steps
+        alphas = self.alphas_cumprod.tolist()
+        x = sample
+        for t in reversed(self.ddim_timesteps(steps)):
+            a_t = alphas[t]
+            a_prev = alphas[t - ratio] if t - ratio >= 0 else 1.0
+            guess = x
+            for _ in range(1 + refine):
+                eps = denoise(guess, t)
+                x0 = (x - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
+                guess = math.sqrt(a_t) * x0 + math.sqrt(1 - a_t) * eps
+            x = guess
+        return x
+
 
 # ------------------------------------------------------------------------------- network ---
 
@@ -404,6 +429,28 @@ class DiffusionPolicy(TorchModelPolicy):
         if self.normalizer is not None:
             chunk = self.normalizer.unnormalize("action", chunk)
         return chunk.clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def invert(self, cond: torch.Tensor, planned: torch.Tensor) -> torch.Tensor:
+        """Initial noise (B, Tp, Da) that DDIM decodes into ``planned`` (B, Tp, Da).
+
+        ``planned`` is a whole prediction horizon in env action units (the To - 1 actions
+        before the executed ones, the Ta executed ones, the rest after), for example cut from
+        a demonstration. Approximate (:meth:`NoiseSchedule.ddim_invert`): check the decoded
+        chunk against the one you wanted where it matters.
+        """
+        if tuple(planned.shape[1:]) != self.noise_shape:
+            raise ValueError(
+                f"planned actions have shape {tuple(planned.shape)}, expected (B, "
+                f"{', '.join(map(str, self.noise_shape))})"
+            )
+        x0 = planned.to(self.device).float()
+        if self.normalizer is not None:
+            x0 = self.normalizer.normalize("action", x0)
+        cond = cond.to(self.device).float()
+        return self.schedule.ddim_invert(
+            lambda x, t: self.model(x, t, cond), x0, self.inference_steps
+        )
 
     def sample_chunk(
         self, obs: Mapping[str, torch.Tensor], noise: torch.Tensor | None = None

@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -25,7 +25,7 @@ from stable_baselines3.common.logger import configure
 
 from robolearn.algos.diffusion import DiffusionPolicy
 from robolearn.algos.dsrl.algorithms import DSRLNA, DSRLSAC, DSRLPolicy
-from robolearn.algos.dsrl.envs import REWARDS, NoiseActionVecEnv, make_chunked_vec_env
+from robolearn.algos.dsrl.envs import REWARDS, NoiseActionVecEnv, decode, make_chunked_vec_env
 from robolearn.algos.dsrl.steered import NoiseActor, SteeredPolicy
 from robolearn.config_checks import FieldChecks
 from robolearn.data.store import EpisodeStore
@@ -156,10 +156,20 @@ def steered_policy(
     return SteeredPolicy(base, actor, config, noise_bound, stochastic)
 
 
+class DemoSummary(NamedTuple):
+    """What :func:`add_demonstrations` put into a replay buffer."""
+
+    chunks: int
+    #: DSRL-SAC only: mean |decoded chunk - demonstrated chunk| over the inverted noise.
+    inversion_error: float | None = None
+    #: DSRL-SAC only: fraction of inverted noise entries clipped to the noise bound.
+    clipped_fraction: float | None = None
+
+
 def add_demonstrations(
-    model: DSRLNA, store: EpisodeStore, base: DiffusionPolicy, reward: str = "sparse"
-) -> int:
-    """Put demonstration chunks into DSRL-NA's replay buffer; returns the number added.
+    model: DSRLNA | DSRLSAC, store: EpisodeStore, base: DiffusionPolicy, reward: str = "sparse"
+) -> DemoSummary:
+    """Put demonstration chunks into either learner's replay buffer.
 
     Each episode is cut into chunks of Ta steps; a chunk's state is the base policy's
     conditioning at its first step and its next state the conditioning Ta steps later. The
@@ -167,15 +177,61 @@ def add_demonstrations(
     only when the episode terminated (its next state is then never bootstrapped from).
     Success, for the sparse reward, is the store's per-step ``terminated`` flag: record the
     demonstrations with ``terminate_on_success`` on.
+
+    DSRL-NA's buffer holds the chunk itself. DSRL-SAC's holds the noise that produced it, which
+    a demonstration does not have: it is recovered by DDIM inversion of the chunk's whole
+    prediction horizon (the demonstrated actions around it, the episode's first and last
+    actions repeated past its ends, as Diffusion Policy's sampler pads), then clipped to the
+    noise bound; the summary says how well the stored noise decodes back into the chunk.
     """
+    rows = _demonstration_chunks(store, base, reward)
+    count = len(rows["obs"]) // model.n_envs * model.n_envs  # one row per env per buffer add
+    rows = {k: np.stack(v[:count]) for k, v in rows.items()}
+    summary = DemoSummary(count)
+    if isinstance(model, DSRLNA):
+        actions = rows["chunk"].reshape(count, -1)
+    else:
+        cond = torch.as_tensor(rows["obs"], dtype=torch.float32)
+        noise = torch.cat(
+            [
+                base.invert(cond[i : i + 1024], torch.as_tensor(rows["planned"][i : i + 1024]))
+                for i in range(0, count, 1024)
+            ]
+        ).reshape(count, -1)
+        # SB3 stores actions scaled to [-1, 1]; the actor cannot output beyond the bound.
+        scaled = model.policy.scale_action(noise.cpu().numpy())
+        actions = np.clip(scaled, -1.0, 1.0)
+        decoded = decode(base, rows["obs"], model.policy.unscale_action(actions))
+        summary = DemoSummary(
+            count,
+            float(np.abs(decoded - rows["chunk"].reshape(count, -1)).mean()),
+            float((np.abs(scaled) > 1.0).mean()),
+        )
+    for i in range(0, count, model.n_envs):
+        block = slice(i, i + model.n_envs)
+        model.replay_buffer.add(
+            rows["obs"][block],
+            rows["next"][block],
+            actions[block].astype(np.float32),
+            rows["rew"][block],
+            rows["done"][block],
+            [{} for _ in range(model.n_envs)],
+        )
+    return summary
+
+
+def _demonstration_chunks(
+    store: EpisodeStore, base: DiffusionPolicy, reward: str
+) -> dict[str, list[np.ndarray]]:
+    """Per chunk: conditioning, next conditioning, executed chunk (Ta, Da), planned horizon
+    (Tp, Da), chunk reward and done flag (see :func:`add_demonstrations`)."""
     from robolearn.algos.diffusion import ObservationHistory
 
     data = store.load()
-    ends = store.episode_ends
-    ta = base.action_steps
-    rows: dict[str, list[np.ndarray]] = {"obs": [], "next": [], "act": [], "rew": [], "done": []}
+    ta, horizon = base.action_steps, base.noise_shape[0]
+    rows: dict[str, list] = {k: [] for k in ("obs", "next", "chunk", "planned", "rew", "done")}
     start = 0
-    for end in ends:
+    for end in store.episode_ends:
         history = ObservationHistory(base.obs_keys, base.obs_steps)
         conds = []
         for t in range(start, end):
@@ -189,6 +245,8 @@ def add_demonstrations(
                 break
             actions = data["action"][t:last]
             actions = np.concatenate([actions, np.repeat(actions[-1:], ta - len(actions), 0)])
+            first_planned = t - (base.obs_steps - 1)
+            planned = np.clip(np.arange(first_planned, first_planned + horizon), start, end - 1)
             if reward == "sparse":
                 success = data["terminated"][t:last].astype(np.float64)
                 chunk_reward = float(np.sum(np.maximum.accumulate(success) - 1.0))
@@ -196,23 +254,12 @@ def add_demonstrations(
                 chunk_reward = float(data["reward"][t:last].sum())
             rows["obs"].append(conds[t - start])
             rows["next"].append(conds[last - start] if last < end else conds[-1])
-            rows["act"].append(actions.reshape(-1))
+            rows["chunk"].append(actions.astype(np.float32))
+            rows["planned"].append(data["action"][planned].astype(np.float32))
             rows["rew"].append(chunk_reward)
             rows["done"].append(float(last == end))
         start = end
-    n_envs = model.n_envs
-    count = len(rows["obs"]) // n_envs * n_envs  # the buffer takes one row per env per add
-    for i in range(0, count, n_envs):
-        block = slice(i, i + n_envs)
-        model.replay_buffer.add(
-            np.stack(rows["obs"][block]),
-            np.stack(rows["next"][block]),
-            np.stack(rows["act"][block]).astype(np.float32),
-            np.asarray(rows["rew"][block]),
-            np.asarray(rows["done"][block]),
-            [{} for _ in range(n_envs)],
-        )
-    return count
+    return rows
 
 
 class _Progress(BaseCallback):
@@ -327,14 +374,9 @@ def train_dsrl(
     """Steer ``base`` by DSRL on envs from ``make_env``; return the steered policy.
 
     ``evaluate(policy) -> success rate`` is called at env step 0 and every ``eval_every`` env
-    steps. ``demos`` (DSRL-NA only) are added to the replay buffer before training. Resumes
-    from ``run_dir/checkpoints/latest`` when it exists.
+    steps. ``demos`` are added to the replay buffer before training
+    (:func:`add_demonstrations`). Resumes from ``run_dir/checkpoints/latest`` when it exists.
     """
-    if demos is not None and cfg.variant != "na":
-        raise ValueError(
-            "demonstrations go into the replay buffer of DSRL-NA only (DSRL-SAC's buffer "
-            "holds noise, which demonstrations do not have): use algo.variant=na"
-        )
     run_dir.mkdir(parents=True, exist_ok=True)
     log = MetricLog(run_dir)
     bar = progress_bar(cfg.env_steps, f"dsrl-{cfg.variant}", progress, unit="step")
@@ -357,7 +399,13 @@ def train_dsrl(
     else:
         if demos is not None:
             added = add_demonstrations(model, demos, base, cfg.reward)
-            bar.write(f"dsrl: {added} demonstration chunks in the replay buffer")
+            message = f"dsrl: {added.chunks} demonstration chunks in the replay buffer"
+            if added.inversion_error is not None:
+                message += (
+                    f" (noise by DDIM inversion: decoded chunks off by {added.inversion_error:.3f}"
+                    f" on average, {added.clipped_fraction:.1%} of entries clipped to the bound)"
+                )
+            bar.write(message)
         model.set_logger(configure(str(run_dir / "sb3"), ["csv"]))
         run.evaluate_and_checkpoint(model)  # env step 0: the untrained actor
     if model.get_env() is not None and run.env_steps < cfg.env_steps:
