@@ -53,12 +53,8 @@ class ToyTeachers:
         return action[:, None].expand(-1, 4).clone()
 
 
-def test_distillation_imitates_and_flies():
-    torch.manual_seed(0)
-    env, teachers = ToyFleet(), ToyTeachers()
-    untrained = collect(env, teachers, RaptorStudent(), steps=40).returns.mean()
-    teacher = collect(env, teachers, None, steps=40).returns.mean()
-    cfg = DistillConfig(
+def toy_config(**overrides) -> DistillConfig:
+    cfg = dict(
         epochs=30,
         teacher_forcing_epochs=5,
         episodes_per_teacher=4,
@@ -66,7 +62,15 @@ def test_distillation_imitates_and_flies():
         batch_episodes=8,
         lr=1e-2,
     )
-    policy, curves = distill(env, teachers, cfg, progress=False)
+    return DistillConfig(**(cfg | overrides))
+
+
+def test_distillation_imitates_and_flies():
+    torch.manual_seed(0)
+    env, teachers = ToyFleet(), ToyTeachers()
+    untrained = collect(env, teachers, RaptorStudent(), steps=40).returns.mean()
+    teacher = collect(env, teachers, None, steps=40).returns.mean()
+    policy, curves = distill(env, teachers, toy_config(), progress=False)
     assert curves["loss"][-1] < 0.5 * curves["loss"][0]
     assert curves["on_policy"][:5] == [0.0] * 5 and curves["on_policy"][-1] == 1.0
     flown = collect(env, teachers, policy.model, steps=40).returns.mean()
@@ -116,18 +120,6 @@ class OffsetTeachers(ToyTeachers):
         shifted = teacher_obs.clone()
         shifted[:, 0] -= self.offset
         return super().act(shifted)
-
-
-def toy_config(**overrides) -> DistillConfig:
-    cfg = dict(
-        epochs=30,
-        teacher_forcing_epochs=5,
-        episodes_per_teacher=4,
-        episode_steps=40,
-        batch_episodes=8,
-        lr=1e-2,
-    )
-    return DistillConfig(**(cfg | overrides))
 
 
 def test_steady_state_offsets_find_where_teachers_hover():
