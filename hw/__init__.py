@@ -1,4 +1,5 @@
-"""The ROS 2 side of robolearn: arm envs over ROS 2 topics, the safety layer, stand-in hardware.
+"""The ROS 2 side of robolearn: arm and quadrotor envs over ROS 2 topics, the safety layer,
+stand-in hardware.
 
 Importing ``hw`` registers the hardware env ids with gymnasium; nothing here imports rclpy until
 an env or a stand-in node is made (see :mod:`hw.ros`), so ``import hw`` works without ROS 2.
@@ -7,6 +8,8 @@ Ids (the simulated twin of each in :data:`SIM_TWINS`):
 
 * ``robolearn/ROS2ArmReach-v0``, ``robolearn/ROS2ArmPush-v0``, ``robolearn/ROS2ArmPickPlace-v0``:
   :class:`hw.arm_env.ROS2ArmEnv`, same spaces and episode limits as ``robolearn/Arm*-v0``.
+* ``robolearn/ROS2Quadrotor-v0``: :class:`hw.quadrotor_env.ROS2QuadrotorEnv`, same spaces,
+  observation, reward and episode limit as ``robolearn/Quadrotor-v0``.
 """
 
 from __future__ import annotations
@@ -19,8 +22,13 @@ ARM_ENVS = {
     "robolearn/ROS2ArmPush-v0": ("push", "robolearn/ArmPush-v0", 100),
     "robolearn/ROS2ArmPickPlace-v0": ("pick_place", "robolearn/ArmPickPlace-v0", 100),
 }
+#: Hardware id -> (simulated twin id, max_episode_steps at the policy's 100 Hz).
+QUADROTOR_ENVS = {"robolearn/ROS2Quadrotor-v0": ("robolearn/Quadrotor-v0", 500)}
 #: Hardware id -> the simulated env id with the same spaces, task and action meaning.
-SIM_TWINS = {hw_id: sim_id for hw_id, (_, sim_id, _) in ARM_ENVS.items()}
+SIM_TWINS = {
+    **{hw_id: sim_id for hw_id, (_, sim_id, _) in ARM_ENVS.items()},
+    **{hw_id: sim_id for hw_id, (sim_id, _) in QUADROTOR_ENVS.items()},
+}
 #: Simulated env id -> its hardware id.
 HW_IDS = {sim_id: hw_id for hw_id, sim_id in SIM_TWINS.items()}
 
@@ -33,6 +41,13 @@ def register_envs() -> None:
                 env_id,
                 entry_point="hw.arm_env:ROS2ArmEnv",
                 kwargs={"task": task},
+                max_episode_steps=max_steps,
+            )
+    for env_id, (_, max_steps) in QUADROTOR_ENVS.items():
+        if env_id not in gymnasium.registry:
+            gymnasium.register(
+                env_id,
+                entry_point="hw.quadrotor_env:ROS2QuadrotorEnv",
                 max_episode_steps=max_steps,
             )
 

@@ -1,6 +1,8 @@
 """The safety layer between a policy and a robot: pure numpy, so it is tested without ROS.
 
-Every command a hardware env sends passes :class:`ArmSafety` first:
+:class:`SafetyLayer` holds what every robot shares (action checks, the watchdog, the e-stop and
+the event log); :class:`ArmSafety` and :class:`QuadrotorSafety` add each robot's bounds.
+Every command the arm env sends passes :class:`ArmSafety` first:
 
 * **invalid actions** (wrong shape, NaN, inf) are rejected: nothing derived from them is ever
   published, the arm holds, and (by default) the episode ends;
@@ -11,6 +13,12 @@ Every command a hardware env sends passes :class:`ArmSafety` first:
 * **watchdog**: observations older than a timeout end the episode after a hold command;
 * **e-stop**: a latched stop (the env serves it as a ``std_srvs/Trigger`` service) that holds
   the arm and refuses to move until it is cleared.
+
+The quadrotor env's commands pass :class:`QuadrotorSafety`: invalid actions are rejected and
+actions clipped as above, a position outside the workspace box or a stale odometry ends the
+episode, and every abort (and the e-stop) switches to the configured safe command: ``cut``
+(motors off) or ``land`` (a gentle open-loop descent, then off; see
+:class:`QuadrotorSafetyConfig`).
 
 Each event is a :class:`SafetyEvent`, logged through :mod:`logging` (logger ``hw.safety``),
 appended to an optional JSON-lines file, and returned to the env, which puts it in ``info``.
@@ -103,28 +111,25 @@ class SafetyEvent:
         return dataclasses.asdict(self)
 
 
-class ArmSafety:
-    """Checks and bounds the arm's commands; records every intervention.
+class SafetyLayer:
+    """What every robot's safety layer shares: action checks, the watchdog, the e-stop and the
+    record of every intervention.
 
     Args:
-        config: The limits.
-        ik: The IK layer whose forward kinematics checks the workspace.
+        action_dim: Size of a valid action.
+        watchdog_timeout: Seconds after which a measurement is stale.
         log_path: Optional JSON-lines file every event is appended to.
     """
 
     def __init__(
-        self, config: ArmSafetyConfig, ik: ArmIK, log_path: str | Path | None = None
+        self, action_dim: int, watchdog_timeout: float, log_path: str | Path | None = None
     ) -> None:
-        self.config = config
-        self.ik = ik
+        self.action_dim = action_dim
+        self.watchdog_timeout = watchdog_timeout
         self.log_path = Path(log_path) if log_path is not None else None
         self.events: list[SafetyEvent] = []
         self.step_index = 0
         self._warned: set[str] = set()
-        self._lower = JOINT_LOWER + config.joint_margin
-        self._upper = JOINT_UPPER - config.joint_margin
-        self._ws_low = np.asarray(config.workspace_low, dtype=np.float64)
-        self._ws_high = np.asarray(config.workspace_high, dtype=np.float64)
         # The e-stop is set from a ROS service callback (another thread) and read by step().
         self._lock = threading.Lock()
         self._estop_reason: str | None = None
@@ -162,7 +167,7 @@ class ArmSafety:
     # --- e-stop -----------------------------------------------------------------------------
 
     def trigger_estop(self, reason: str) -> None:
-        """Latch the e-stop (thread-safe); the arm holds until :meth:`clear_estop`."""
+        """Latch the e-stop (thread-safe); the robot stays safe until :meth:`clear_estop`."""
         with self._lock:
             already = self._estop_reason is not None
             if not already:
@@ -190,8 +195,8 @@ class ArmSafety:
         except (TypeError, ValueError) as err:
             self.record(INVALID_ACTION, f"not a numeric array: {err}")
             return None
-        if act.shape != (self.ik.action_dim,):
-            self.record(INVALID_ACTION, f"shape {act.shape}, expected ({self.ik.action_dim},)")
+        if act.shape != (self.action_dim,):
+            self.record(INVALID_ACTION, f"shape {act.shape}, expected ({self.action_dim},)")
             return None
         if not np.all(np.isfinite(act)):
             self.record(INVALID_ACTION, f"non-finite entries {act.tolist()}")
@@ -200,6 +205,42 @@ class ArmSafety:
         if np.any(np.abs(act - clipped) > 1e-6):
             self.record(CLIPPED, f"{act.round(4).tolist()} clipped to [-1, 1]")
         return clipped
+
+    def check_fresh(self, ages: Sequence[tuple[str, float]]) -> str | None:
+        """The watchdog: the abort reason if any ``(topic, age in s)`` is older than the
+        timeout (the event is recorded), else ``None``."""
+        timeout = self.watchdog_timeout
+        stale = [(topic, age) for topic, age in ages if not age <= timeout]
+        if not stale:
+            return None
+        reason = "no fresh message on " + ", ".join(
+            f"{topic} for {age:.3f} s" if math.isfinite(age) else f"{topic} ever"
+            for topic, age in stale
+        )
+        reason += f" (timeout {timeout:g} s)"
+        self.record(WATCHDOG, reason)
+        return f"watchdog: {reason}"
+
+
+class ArmSafety(SafetyLayer):
+    """Checks and bounds the arm's commands; records every intervention.
+
+    Args:
+        config: The limits.
+        ik: The IK layer whose forward kinematics checks the workspace.
+        log_path: Optional JSON-lines file every event is appended to.
+    """
+
+    def __init__(
+        self, config: ArmSafetyConfig, ik: ArmIK, log_path: str | Path | None = None
+    ) -> None:
+        super().__init__(ik.action_dim, config.watchdog_timeout, log_path)
+        self.config = config
+        self.ik = ik
+        self._lower = JOINT_LOWER + config.joint_margin
+        self._upper = JOINT_UPPER - config.joint_margin
+        self._ws_low = np.asarray(config.workspace_low, dtype=np.float64)
+        self._ws_high = np.asarray(config.workspace_high, dtype=np.float64)
 
     def bound_targets(self, q_now: np.ndarray, q_target: np.ndarray) -> np.ndarray | None:
         """Joint targets bounded per step and kept inside the limits; ``None`` when their tool
@@ -233,17 +274,100 @@ class ArmSafety:
             return None
         return limited
 
-    def check_fresh(self, ages: Sequence[tuple[str, float]]) -> str | None:
-        """The watchdog: the abort reason if any ``(topic, age in s)`` is older than the
-        timeout (the event is recorded), else ``None``."""
-        timeout = self.config.watchdog_timeout
-        stale = [(topic, age) for topic, age in ages if not age <= timeout]
-        if not stale:
+
+#: Safe commands of the quadrotor: motors off, or a gentle open-loop descent then motors off.
+SAFE_COMMANDS = ("cut", "land")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuadrotorSafetyConfig:
+    """Limits of the quadrotor's safety layer.
+
+    Attributes:
+        watchdog_timeout: Seconds without a fresh odometry message after which the safe
+            command goes out and the episode ends (PX4's own RAPTOR module allows 100 ms).
+        safe_command: ``"cut"``: every motor at 0 (off) at once, the right call on the ground,
+            in a net, or when a fall is safer than flight. ``"land"``: all four motors at the
+            same setpoint giving ``land_thrust`` times the weight for ``land_duration`` s, then
+            off. The descent is open loop (no attitude or position control, as the state
+            estimate may be what failed), so it only descends gently from a near-level
+            attitude: with 0.9 the vehicle accelerates down at about 1 m/s^2. On PX4 prefer
+            the autopilot's own failsafe (Land mode on offboard loss) where it is available.
+        land_thrust: Fraction of the weight the four motors carry during ``land`` (0..1).
+        land_duration: Seconds of descent before the motors go off.
+        workspace_low: Lower corner (m, world ENU, the odometry's frame converted) of the box
+            the vehicle must stay in; leaving it aborts the episode with the safe command.
+        workspace_high: Upper corner of that box.
+        abort_on_invalid_action: End the episode on a NaN/inf/misshaped action; ``False``
+            repeats the previous command for that step and carries on. Either way nothing
+            derived from the invalid action is published.
+    """
+
+    watchdog_timeout: float = 0.1
+    safe_command: str = "cut"
+    land_thrust: float = 0.9
+    land_duration: float = 2.0
+    workspace_low: tuple[float, float, float] = (-10.0, -10.0, -10.0)
+    workspace_high: tuple[float, float, float] = (10.0, 10.0, 10.0)
+    abort_on_invalid_action: bool = True
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.watchdog_timeout) and self.watchdog_timeout > 0):
+            raise ValueError(
+                f"safety.watchdog_timeout must be a positive number, got {self.watchdog_timeout!r}"
+            )
+        if self.safe_command not in SAFE_COMMANDS:
+            raise ValueError(
+                f"safety.safe_command must be one of {SAFE_COMMANDS}, got {self.safe_command!r}"
+            )
+        if not (math.isfinite(self.land_thrust) and 0 <= self.land_thrust <= 1):
+            raise ValueError(f"safety.land_thrust must be in [0, 1], got {self.land_thrust!r}")
+        if not (math.isfinite(self.land_duration) and self.land_duration >= 0):
+            raise ValueError(f"safety.land_duration must be >= 0, got {self.land_duration!r}")
+        low, high = np.asarray(self.workspace_low), np.asarray(self.workspace_high)
+        if low.shape != (3,) or high.shape != (3,) or not np.all(low < high):
+            raise ValueError(
+                f"safety.workspace_low {self.workspace_low} must be 3 numbers below "
+                f"safety.workspace_high {self.workspace_high}"
+            )
+
+
+class QuadrotorSafety(SafetyLayer):
+    """Checks the quadrotor's actions and position; says what the safe command is.
+
+    Args:
+        config: The limits and the safe command.
+        land_setpoint: Motor setpoint in [0, 1] giving ``config.land_thrust`` times the weight
+            (the env computes it from the vehicle's thrust curve).
+        log_path: Optional JSON-lines file every event is appended to.
+    """
+
+    def __init__(
+        self,
+        config: QuadrotorSafetyConfig,
+        land_setpoint: float,
+        log_path: str | Path | None = None,
+    ) -> None:
+        super().__init__(4, config.watchdog_timeout, log_path)
+        self.config = config
+        self.land_setpoint = float(np.clip(land_setpoint, 0.0, 1.0))
+        self._ws_low = np.asarray(config.workspace_low, dtype=np.float64)
+        self._ws_high = np.asarray(config.workspace_high, dtype=np.float64)
+
+    def check_position(self, position: np.ndarray) -> str | None:
+        """The abort reason if ``position`` (world ENU, m) left the workspace box (the event
+        is recorded), else ``None``."""
+        if np.all(position >= self._ws_low) and np.all(position <= self._ws_high):
             return None
-        reason = "no fresh message on " + ", ".join(
-            f"{topic} for {age:.3f} s" if math.isfinite(age) else f"{topic} ever"
-            for topic, age in stale
+        detail = (
+            f"position {np.round(position, 3).tolist()} outside the workspace "
+            f"{self._ws_low.tolist()}..{self._ws_high.tolist()}"
         )
-        reason += f" (timeout {timeout:g} s)"
-        self.record(WATCHDOG, reason)
-        return f"watchdog: {reason}"
+        self.record(WORKSPACE, detail)
+        return f"workspace: {detail}"
+
+    def safe_setpoint(self, elapsed: float) -> np.ndarray:
+        """The four motor setpoints of the safe command ``elapsed`` s after it began."""
+        if self.config.safe_command == "land" and elapsed < self.config.land_duration:
+            return np.full(4, self.land_setpoint)
+        return np.zeros(4)

@@ -129,7 +129,7 @@ class StandInArmConfig:
         )
 
 
-class _DelayLine:
+class DelayLine:
     """Runs callables after a delay, in submission order, on one thread (latency emulation)."""
 
     def __init__(self, name: str) -> None:
@@ -216,8 +216,8 @@ class StandInArm:
         self.commands_received = 0
         self._running = threading.Event()
 
-        self._outbox = _DelayLine("standin-outbox")
-        self._inbox = _DelayLine("standin-inbox")
+        self._outbox = DelayLine("standin-outbox")
+        self._inbox = DelayLine("standin-inbox")
         self._ros = RosRuntime(domain_id)
         try:
             # The scene is ready before the node exists: the executor spins from the moment the

@@ -1,0 +1,401 @@
+"""Stand-in quadrotor hardware: a ROS 2 node with a flight controller's odometry out and motor
+commands in, simulated in PyBullet (:mod:`sims.pybullet.quadrotor`), the rehearsal for a real
+vehicle.
+
+Topics and services:
+
+* publishes ``/odometry`` (``nav_msgs/Odometry``, best effort like PX4's ``/fmu/out`` topics)
+  at ``odometry_hz`` (100 Hz, PX4's ``vehicle_odometry`` rate), in the configured frame
+  convention (``enu_flu`` or ``ned_frd``, :mod:`hw.frames`): pose in the world frame, twist in
+  the body frame (``nav_msgs`` semantics) or, with ``twist_in_body: false``, the linear
+  velocity in the world frame (PX4's ``VehicleOdometry``); header stamp = measurement time;
+* subscribes ``/motor_commands`` (``std_msgs/Float32MultiArray``): four motor setpoints in
+  [0, 1] in the configured order (``policy`` [FR, BR, BL, FL] or ``px4`` QuadX), clipped;
+  a NaN entry stops that motor, as in PX4's ``ActuatorMotors``; the last command is held;
+* serves ``~/reset`` (``std_srvs/Trigger``): a new episode from the ``initial_state``
+  parameter when it is set (17 numbers ``[p, q (w, x, y, z), v, omega_body, motors]`` in
+  ENU/FLU), else drawn exactly as ``robolearn/Quadrotor-v0`` draws it (``init``) for the seed in
+  the ``seed`` parameter; both are consumed. Motors hold their initial state until the first
+  command, so a deployment's episodes start where the simulated ones of the same seeds start.
+
+Imperfections, all configurable: measurement-to-delivery latency with uniform jitter, command
+latency, Gaussian noise on position, attitude, velocity and body rates, and parameter offsets
+(mass, inertia, thrust curve, yaw torque constant, motor time constants;
+:class:`~sims.pybullet.quadrotor.QuadrotorPhysics`).
+
+Run it on its own with ``python -m hw.standin_quadrotor --vehicle x500`` (``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from hw.frames import (
+    ENU_FLU,
+    MOTOR_ORDERS,
+    check_convention,
+    policy_frame_to_odometry,
+    quat_multiply,
+    to_policy_order,
+)
+from hw.ros import RosRuntime, ns_to_stamp, sensor_qos
+from hw.standin_arm import DelayLine
+
+logger = logging.getLogger("hw.standin_quadrotor")
+
+#: Initial-state distributions of ``robolearn/Quadrotor-v0`` the reset draws from.
+INITS = ("raptor", "hover", "motors_off")
+
+
+@dataclasses.dataclass(frozen=True)
+class StandInQuadrotorConfig:
+    """Configuration of the stand-in quadrotor.
+
+    Attributes:
+        vehicle: ``"crazyflie"`` or ``"x500"``, the preset of :mod:`sims.quadrotor.params`.
+        node_name: The node's name (its reset service is ``/<node_name>/reset``).
+        odometry_hz: Rate of the odometry (a measurement per tick of the physics loop).
+        physics_hz: Rate of the PyBullet steps (a multiple of ``odometry_hz``).
+        frame: Frame convention of the odometry: ``"enu_flu"`` (ROS) or ``"ned_frd"`` (PX4).
+        twist_in_body: Linear velocity in the body frame (``nav_msgs/Odometry``), else in the
+            world frame.
+        command_order: Motor order of the commands: ``"policy"`` or ``"px4"``.
+        init: Initial-state distribution of seeded resets (as ``robolearn/Quadrotor-v0``'s).
+        latency: Seconds from a measurement to its delivery.
+        jitter: Extra delivery delay, uniform in ``[0, jitter]`` seconds (order is kept).
+        command_latency: Seconds from a command's arrival to its effect.
+        position_noise: Standard deviation of the position noise (m).
+        attitude_noise: Standard deviation of the attitude noise, a small rotation (rad).
+        velocity_noise: Standard deviation of the velocity noise (m/s).
+        angular_velocity_noise: Standard deviation of the body-rate noise (rad/s).
+        seed: Seed of the noise and of episodes reset without a seed.
+        physics: Mapping of :class:`~sims.pybullet.quadrotor.QuadrotorPhysics` fields.
+        odometry_topic: Published odometry topic.
+        command_topic: Subscribed motor command topic.
+        world_frame_id: ``header.frame_id`` of the odometry.
+        body_frame_id: ``child_frame_id`` of the odometry.
+    """
+
+    vehicle: str = "crazyflie"
+    node_name: str = "standin_quadrotor"
+    odometry_hz: float = 100.0
+    physics_hz: float = 400.0
+    frame: str = ENU_FLU
+    twist_in_body: bool = True
+    command_order: str = "policy"
+    init: str = "raptor"
+    latency: float = 0.003
+    jitter: float = 0.002
+    command_latency: float = 0.002
+    position_noise: float = 0.001
+    attitude_noise: float = 0.002
+    velocity_noise: float = 0.005
+    angular_velocity_noise: float = 0.01
+    seed: int = 0
+    physics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    odometry_topic: str = "/odometry"
+    command_topic: str = "/motor_commands"
+    world_frame_id: str = "odom"
+    body_frame_id: str = "base_link"
+
+    def __post_init__(self) -> None:
+        from sims.quadrotor.params import PRESETS
+
+        if self.vehicle not in PRESETS:
+            raise ValueError(f"standin.vehicle must be one of {PRESETS}, got {self.vehicle!r}")
+        check_convention(self.frame, "standin.frame")
+        if self.command_order not in MOTOR_ORDERS:
+            raise ValueError(
+                f"standin.command_order must be one of {MOTOR_ORDERS}, got {self.command_order!r}"
+            )
+        if self.init not in INITS:
+            raise ValueError(f"standin.init must be one of {INITS}, got {self.init!r}")
+        if not (math.isfinite(self.odometry_hz) and self.odometry_hz > 0):
+            raise ValueError(f"standin.odometry_hz must be positive, got {self.odometry_hz}")
+        ratio = self.physics_hz / self.odometry_hz
+        if not (ratio >= 1 and abs(ratio - round(ratio)) < 1e-9):
+            raise ValueError(
+                f"standin.physics_hz {self.physics_hz} must be a multiple of "
+                f"standin.odometry_hz {self.odometry_hz}"
+            )
+        for name in (
+            "latency",
+            "jitter",
+            "command_latency",
+            "position_noise",
+            "attitude_noise",
+            "velocity_noise",
+            "angular_velocity_noise",
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"standin.{name} must be >= 0, got {value}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> StandInQuadrotorConfig:
+        """Build from a (YAML / JSON) mapping; unknown keys raise."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown stand-in config keys {unknown}; known: {sorted(names)}")
+        return cls(**{k: dict(v) if k == "physics" else v for k, v in values.items()})
+
+
+def sample_initial_state(vehicle: str, init: str, seed: int) -> np.ndarray:
+    """The 17-D initial state ``robolearn/Quadrotor-v0`` (``params=vehicle``, ``init``) starts
+    from when reset with ``seed``: the same generator and the same sampler."""
+    from gymnasium.utils.seeding import np_random
+
+    from sims.quadrotor.env import QuadrotorBatch
+
+    batch = QuadrotorBatch(1, params=vehicle, init=init)
+    batch.reset(np.zeros(1, dtype=np.int64), [np_random(seed)[0]])
+    return batch.state[0].double().numpy()
+
+
+class StandInQuadrotor:
+    """The stand-in quadrotor node with its PyBullet vehicle, running in this process.
+
+    It owns a private ROS context (its own DDS participant, as a separate driver process would
+    be), a physics thread stepping the vehicle in real time and publishing odometry at
+    ``odometry_hz``, and delay lines for the link latencies. :func:`main` runs one as a process.
+
+    Args:
+        config: A :class:`StandInQuadrotorConfig` or a mapping of its fields.
+        domain_id: ROS domain; ``None`` reads ``ROS_DOMAIN_ID``.
+    """
+
+    def __init__(
+        self,
+        config: StandInQuadrotorConfig | Mapping[str, Any] | None = None,
+        domain_id: int | None = None,
+    ) -> None:
+        from sims.pybullet.quadrotor import PyBulletQuadrotor, QuadrotorPhysics, Vehicle
+
+        if config is None:
+            config = StandInQuadrotorConfig()
+        elif isinstance(config, Mapping):
+            config = StandInQuadrotorConfig.from_mapping(config)
+        self.config = config
+        physics = QuadrotorPhysics(**config.physics)
+        self.vehicle = Vehicle.from_preset(config.vehicle, physics)
+        self.quad = PyBulletQuadrotor(self.vehicle, physics.timestep)
+        self._substeps = max(1, round(1.0 / (config.odometry_hz * physics.timestep)))
+        self._rng = np.random.default_rng(config.seed)
+        self._lock = threading.Lock()  # the vehicle and its command
+        self.episode_seed: int | None = None
+        self.commands_received = 0
+        self._running = threading.Event()
+        self._outbox = DelayLine("standin-quad-outbox")
+        self._inbox = DelayLine("standin-quad-inbox")
+        self._ros = RosRuntime(domain_id)
+        try:
+            # The vehicle is ready before the node exists: a reset may arrive at once.
+            self._reset_vehicle(sample_initial_state(config.vehicle, "hover", 0), None)
+            self._setup_node()
+            self._running.set()
+            self._physics = threading.Thread(
+                target=self._physics_loop, name="standin-quad-physics", daemon=True
+            )
+            self._physics.start()
+        except BaseException:
+            self._ros.close()
+            self._outbox.stop()
+            self._inbox.stop()
+            self.quad.close()
+            raise
+
+    # --- ROS wiring -------------------------------------------------------------------------
+
+    def _setup_node(self) -> None:
+        from nav_msgs.msg import Odometry
+        from rcl_interfaces.msg import ParameterDescriptor
+        from std_msgs.msg import Float32MultiArray
+        from std_srvs.srv import Trigger
+
+        cfg = self.config
+        node = self._ros.create_node(cfg.node_name)
+        self.node = node
+        node.declare_parameter("seed", -1)
+        node.declare_parameter(
+            "initial_state",
+            [0.0],
+            ParameterDescriptor(description="17 numbers [p, q, v, omega, motors]; [0.0] = none"),
+        )
+        self._odom_pub = node.create_publisher(Odometry, cfg.odometry_topic, sensor_qos())
+        # Best effort hears both kinds of publisher; only the newest command matters.
+        node.create_subscription(
+            Float32MultiArray, cfg.command_topic, self._on_command, sensor_qos(depth=1)
+        )
+        node.create_service(Trigger, "~/reset", self._on_reset)
+
+    def _on_command(self, msg: Any) -> None:
+        values = np.asarray(msg.data, dtype=np.float64)
+        if values.shape != (4,):
+            self.node.get_logger().error(f"motor command of {values.size} values, not 4; ignored")
+            return
+        # NaN stops a motor (PX4's ActuatorMotors convention).
+        values = np.where(np.isnan(values), 0.0, values)
+        setpoint = to_policy_order(values, self.config.command_order)
+        self.commands_received += 1
+
+        def apply() -> None:
+            with self._lock:
+                self.quad.set_command(setpoint)
+
+        self._inbox.submit(self.config.command_latency, apply)
+
+    def _on_reset(self, request: Any, response: Any) -> Any:
+        from rclpy.parameter import Parameter
+
+        state = np.asarray(self.node.get_parameter("initial_state").value, dtype=np.float64)
+        seed = int(self.node.get_parameter("seed").value)
+        # Both are consumed: a reset without new ones draws a fresh episode.
+        self.node.set_parameters(
+            [
+                Parameter("seed", Parameter.Type.INTEGER, -1),
+                Parameter("initial_state", Parameter.Type.DOUBLE_ARRAY, [0.0]),
+            ]
+        )
+        if state.size > 1:
+            if state.shape != (17,) or not np.all(np.isfinite(state)):
+                response.success = False
+                response.message = f"initial_state must be 17 finite numbers, got {state.size}"
+                return response
+            self._reset_vehicle(state, None)
+            response.message = "episode from the given initial state"
+        else:
+            if seed < 0:
+                seed = int(self._rng.integers(2**31))
+            cfg = self.config
+            self._reset_vehicle(sample_initial_state(cfg.vehicle, cfg.init, seed), seed)
+            response.message = f"episode seed {seed}"
+        response.success = True
+        return response
+
+    # --- simulation -------------------------------------------------------------------------
+
+    def _reset_vehicle(self, state: np.ndarray, seed: int | None) -> None:
+        self._inbox.clear()  # commands of the previous episode must not reach this one
+        with self._lock:
+            self.quad.reset(state)
+            self.episode_seed = seed
+
+    def _physics_loop(self) -> None:
+        period = 1.0 / self.config.odometry_hz
+        tick = time.monotonic()
+        while self._running.is_set():
+            with self._lock:
+                self.quad.step(self._substeps)
+                state = self.quad.state()
+                # Stamped under the lock: a message stamped after a reset returned was
+                # measured after it (the env relies on this to skip the previous episode).
+                stamp_ns = self.node.get_clock().now().nanoseconds
+            self._publish(stamp_ns, state)
+            tick += period
+            delay = tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -0.1:  # fell far behind (a loaded machine): do not try to catch up
+                tick = time.monotonic()
+
+    def _publish(self, stamp_ns: int, state: np.ndarray) -> None:
+        """Queue the odometry of ``state`` for delivery after the link latency."""
+        from nav_msgs.msg import Odometry
+
+        cfg, rng = self.config, self._rng
+        p, q, v, w = state[0:3], state[3:7], state[7:10], state[10:13]
+        if cfg.position_noise:
+            p = p + rng.normal(0.0, cfg.position_noise, 3)
+        if cfg.attitude_noise:
+            half = 0.5 * rng.normal(0.0, cfg.attitude_noise, 3)
+            q = quat_multiply(q, np.concatenate([[1.0], half]))
+            q = q / np.linalg.norm(q)
+        if cfg.velocity_noise:
+            v = v + rng.normal(0.0, cfg.velocity_noise, 3)
+        if cfg.angular_velocity_noise:
+            w = w + rng.normal(0.0, cfg.angular_velocity_noise, 3)
+        p, q, v, w = policy_frame_to_odometry(p, q, v, w, cfg.frame, cfg.twist_in_body)
+        msg = Odometry()
+        msg.header.stamp = ns_to_stamp(stamp_ns)
+        msg.header.frame_id = cfg.world_frame_id
+        msg.child_frame_id = cfg.body_frame_id
+        pose, twist = msg.pose.pose, msg.twist.twist
+        pose.position.x, pose.position.y, pose.position.z = (float(x) for x in p)
+        o = pose.orientation
+        o.w, o.x, o.y, o.z = (float(x) for x in q)
+        twist.linear.x, twist.linear.y, twist.linear.z = (float(x) for x in v)
+        twist.angular.x, twist.angular.y, twist.angular.z = (float(x) for x in w)
+        delay = cfg.latency + (rng.uniform(0.0, cfg.jitter) if cfg.jitter else 0.0)
+        self._outbox.submit(delay, lambda: self._odom_pub.publish(msg))
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def state(self) -> np.ndarray:
+        """The simulated 17-D state (ENU/FLU, without noise), for tests and tools."""
+        with self._lock:
+            return self.quad.state()
+
+    def close(self) -> None:
+        """Stop publishing and shut the node down, as a killed driver would (idempotent)."""
+        if not self._running.is_set():
+            return
+        self._running.clear()
+        self._physics.join(timeout=2.0)
+        self._outbox.stop()
+        self._inbox.stop()
+        self._ros.close()
+        self.quad.close()
+
+    def __enter__(self) -> StandInQuadrotor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the stand-in quadrotor until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m hw.standin_quadrotor", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--vehicle", choices=["crazyflie", "x500"], default=None)
+    parser.add_argument(
+        "--config",
+        default="{}",
+        help="JSON object of StandInQuadrotorConfig fields, e.g. "
+        '\'{"frame": "ned_frd", "physics": {"mass_scale": 1.1}}\'',
+    )
+    parser.add_argument("--domain-id", type=int, default=None, help="default: ROS_DOMAIN_ID")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    values = json.loads(args.config)
+    if args.vehicle is not None:
+        values["vehicle"] = args.vehicle
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with StandInQuadrotor(values, domain_id=args.domain_id) as standin:
+        logger.info(
+            "stand-in quadrotor (%s, %s) up as /%s; Ctrl-C stops it",
+            standin.config.vehicle,
+            standin.config.frame,
+            standin.config.node_name,
+        )
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
