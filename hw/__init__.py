@@ -33,6 +33,15 @@ SIM_TWINS = {
 HW_IDS = {sim_id: hw_id for hw_id, sim_id in SIM_TWINS.items()}
 
 
+def hw_robot(hw_env_id: str) -> str:
+    """``"arm"`` or ``"quadrotor"``: the robot of a hardware env id."""
+    if hw_env_id in ARM_ENVS:
+        return "arm"
+    if hw_env_id in QUADROTOR_ENVS:
+        return "quadrotor"
+    raise ValueError(f"{hw_env_id} is not a hardware env id; known: {sorted(SIM_TWINS)}")
+
+
 def register_envs() -> None:
     """Register the ``robolearn/ROS2*`` ids with gymnasium (once; safe to call again)."""
     for env_id, (task, _, max_steps) in ARM_ENVS.items():

@@ -1,13 +1,15 @@
-"""Deploy a policy on an arm over ROS 2 without ROS launch: ``robolearn deploy`` calls
-:func:`deploy_arm`.
+"""Deploy a policy on an arm or a quadrotor over ROS 2 without ROS launch: ``robolearn deploy``
+calls :func:`deploy_policy`.
 
-It starts what the deployment needs (the stand-in arm node in a subprocess when the hardware
-config has one; nothing for a real robot, whose driver is already running), makes the ROS 2 env,
-runs the policy for N episodes at the robot's control rate, and writes into the run folder:
+It starts what the deployment needs (the stand-in node, arm or quadrotor, in a subprocess when
+the hardware config has one; nothing for a real robot, whose driver is already running), makes
+the ROS 2 env, runs the policy for N episodes at the robot's control rate, and writes into the
+run folder:
 
 * ``episodes.zarr``: an EpisodeStore of the deployment (observations, actions, rewards, the
   nominal ``timestamp`` plus the measurements' header stamps ``stamp_ns``, their age
-  ``obs_latency`` and control-loop ``overrun`` flags per step; per episode ``seed``,
+  ``obs_latency``, control-loop ``overrun`` flags (and the quadrotor's ``position_error``) per
+  step; per episode ``seed``,
   ``success``, ``source`` and ``abort_reason``). Its ``env_id`` is the simulated twin's, so
   ``robolearn replay`` and training read it like a simulated recording; ``hw_env_id`` and
   ``hw`` name the hardware side;
@@ -17,7 +19,8 @@ runs the policy for N episodes at the robot's control rate, and writes into the 
   leaves a bag that :func:`robolearn.data.rosbag.open_bag` repairs. A resumed deployment writes
   ``bag-2/``, ``bag-3/``, ...;
 * ``safety_events.jsonl``: every safety event; ``standin.log``: the stand-in's output;
-* ``report.json`` / ``report.md``: success, aborts, latency and loop statistics.
+* ``report.json`` / ``report.md``: success, aborts, latency and loop statistics (for the
+  quadrotor also survival and the final position error, RAPTOR's statistics).
 """
 
 from __future__ import annotations
@@ -38,26 +41,39 @@ from hw.recorder import TopicRecorder
 from hw.ros import import_rclpy
 from robolearn.data.store import EpisodeStore
 from robolearn.envs import make_env
-from robolearn.policy import Policy
+from robolearn.policy import FLAT_OBS_KEY, Policy
 from robolearn.rollout import control_hz, rollout
 
 #: Per-step info entries recorded beside the observations, and per-episode ones.
 STEP_INFO_KEYS = ("stamp_ns", "obs_latency", "overrun")
+QUADROTOR_STEP_INFO_KEYS = (*STEP_INFO_KEYS, "position_error")
 EPISODE_INFO_KEYS = ("abort_reason",)
+#: RAPTOR's final error: the mean position error over the last second (100 steps at 100 Hz).
+FINAL_WINDOW_STEPS = 100
 
 
 class StandInProcess:
-    """The stand-in arm node (``python -m hw.standin_arm``) as a child process.
+    """A stand-in node (``python -m hw.standin_arm`` or ``hw.standin_quadrotor``) as a child
+    process.
 
     Args:
-        config: :class:`~hw.standin_arm.StandInArmConfig` fields.
+        config: :class:`~hw.standin_arm.StandInArmConfig` (or quadrotor config) fields.
         domain_id: ROS domain of the node; ``None`` inherits ``ROS_DOMAIN_ID``.
         log_path: File receiving the node's stdout and stderr.
+        robot: ``"arm"`` or ``"quadrotor"``: which stand-in.
     """
 
-    def __init__(self, config: Mapping[str, Any], domain_id: int | None, log_path: Path) -> None:
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        domain_id: int | None,
+        log_path: Path,
+        robot: str = "arm",
+    ) -> None:
         self.log_path = log_path
-        cmd = [sys.executable, "-m", "hw.standin_arm", "--config", json.dumps(dict(config))]
+        self.robot = robot
+        module = f"hw.standin_{robot}"
+        cmd = [sys.executable, "-m", module, "--config", json.dumps(dict(config))]
         if domain_id is not None:
             cmd += ["--domain-id", str(domain_id)]
         self._log = open(log_path, "w")  # closed in stop()
@@ -69,7 +85,7 @@ class StandInProcess:
         if code is not None:
             self._log.flush()
             tail = "".join(self.log_path.read_text().splitlines(keepends=True)[-15:])
-            raise RuntimeError(f"the stand-in arm exited with code {code}:\n{tail}")
+            raise RuntimeError(f"the stand-in {self.robot} exited with code {code}:\n{tail}")
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGINT (a clean shutdown), then SIGKILL if it does not exit within ``timeout``."""
@@ -83,7 +99,7 @@ class StandInProcess:
         self._log.close()
 
 
-def deploy_arm(
+def deploy_policy(
     policy: Policy,
     sim_env_id: str,
     hw_config: Mapping[str, Any],
@@ -94,49 +110,65 @@ def deploy_arm(
     progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run ``policy`` on the arm task of ``sim_env_id`` over ROS 2 and record the deployment.
+    """Run ``policy`` on the task of ``sim_env_id`` over ROS 2 and record the deployment.
 
     Args:
         policy: Any robolearn policy for the simulated task (same spaces).
-        sim_env_id: The simulated arm task, e.g. ``robolearn/ArmReach-v0``.
-        hw_config: The ``hw`` config group: ``name``, ``domain_id``, ``standin`` (stand-in
-            node fields, or ``None`` for a real robot) and ``env`` (ROS2ArmEnv kwargs).
+        sim_env_id: The simulated task, e.g. ``robolearn/ArmReach-v0`` or
+            ``robolearn/Quadrotor-v0``.
+        hw_config: The ``hw`` config group: ``name``, ``domain_id``, ``robot`` (``arm`` when
+            absent, or ``quadrotor``), ``standin`` (stand-in node fields, or ``None`` for a real
+            robot) and ``env`` (the hardware env's kwargs).
         run_dir: Folder the store, logs and report go to (created if needed).
         episodes: Number of episodes; episode ``i`` is reset with seed ``seed + i``.
         seed: First episode's seed (the stand-in draws the simulated task's initial state of it).
-        env_kwargs: The simulated env's kwargs; ``use_yaw`` and ``terminate_on_success`` carry
-            over so the hardware env means the same.
+        env_kwargs: The simulated env's kwargs; those that define the task carry over so the
+            hardware env means the same (the arm's ``use_yaw`` and ``terminate_on_success``; the
+            quadrotor's vehicle ``params``, ``init``, ``clip_observation`` and
+            ``terminate_on_velocity``).
         progress: Show a progress bar.
         say: Status line printer.
 
     Returns:
         The report summary (also written to ``report.json``).
     """
-    from hw import HW_IDS
+    from hw import HW_IDS, hw_robot
 
     if sim_env_id not in HW_IDS:
-        raise ValueError(
-            f"{sim_env_id} has no ROS 2 hardware env; arm tasks that do: {sorted(HW_IDS)}"
-        )
+        raise ValueError(f"{sim_env_id} has no ROS 2 hardware env; tasks that do: {sorted(HW_IDS)}")
     hw_env_id = HW_IDS[sim_env_id]
+    robot = hw_robot(hw_env_id)
+    if hw_config.get("robot", "arm") != robot:
+        raise ValueError(
+            f"hw={hw_config.get('name')} is for the {hw_config.get('robot', 'arm')} "
+            f"(hw.robot) but {sim_env_id} is a {robot} task"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     sim_kwargs = dict(env_kwargs or {})
     kwargs = dict(hw_config.get("env") or {})
     kwargs.update(
-        domain_id=hw_config.get("domain_id"),
-        safety_log=str(run_dir / "safety_events.jsonl"),
-        use_yaw=bool(sim_kwargs.get("use_yaw", False)),
-        terminate_on_success=bool(sim_kwargs.get("terminate_on_success", True)),
+        domain_id=hw_config.get("domain_id"), safety_log=str(run_dir / "safety_events.jsonl")
     )
     standin_cfg = hw_config.get("standin")
+    if robot == "quadrotor":
+        standin_cfg = quadrotor_setup(sim_kwargs, kwargs, standin_cfg)
+        info_keys = QUADROTOR_STEP_INFO_KEYS
+    else:
+        kwargs.update(
+            use_yaw=bool(sim_kwargs.get("use_yaw", False)),
+            terminate_on_success=bool(sim_kwargs.get("terminate_on_success", True)),
+        )
+        if standin_cfg is not None:
+            standin_cfg = {**standin_cfg, "task": hw_env_task(hw_env_id)}
+        info_keys = STEP_INFO_KEYS
     standin = None
     if standin_cfg is not None:
         import_rclpy()  # fail before starting a process if ROS 2 is missing
-        task = hw_env_task(hw_env_id)
         standin = StandInProcess(
-            {**standin_cfg, "task": task}, hw_config.get("domain_id"), run_dir / "standin.log"
+            standin_cfg, hw_config.get("domain_id"), run_dir / "standin.log", robot
         )
-        say(f"stand-in arm ({task}) started, pid {standin.process.pid}; log {standin.log_path}")
+        what = standin_cfg.get("task") or standin_cfg.get("vehicle")
+        say(f"stand-in {robot} ({what}) started, pid {standin.process.pid}; log {standin.log_path}")
     store_path = run_dir / "episodes.zarr"
     stopped = None
     try:
@@ -162,7 +194,7 @@ def deploy_arm(
                     source=f"hw:{hw_config.get('name')}",
                     progress=progress,
                     desc=f"deploy {hw_config.get('name')}",
-                    info_keys=STEP_INFO_KEYS,
+                    info_keys=info_keys,
                     episode_info_keys=EPISODE_INFO_KEYS,
                 )
             except (RuntimeError, TimeoutError) as err:
@@ -181,6 +213,47 @@ def deploy_arm(
         if standin is not None:
             standin.stop()
     return _report(EpisodeStore.open(store_path), run_dir, hw_env_id, hw_config, stopped, say)
+
+
+def quadrotor_setup(
+    sim_kwargs: Mapping[str, Any],
+    kwargs: dict[str, Any],
+    standin_cfg: Mapping[str, Any] | None,
+) -> dict[str, Any] | None:
+    """Carry the simulated quadrotor task over to the hardware env's ``kwargs`` (in place) and
+    the stand-in's config (returned; ``None`` for a real vehicle): the same vehicle, initial
+    states and observation, and the env's frame convention, motor order and topics, so the
+    two ends of the link always agree."""
+    from sims.quadrotor.params import PRESETS
+
+    vehicle = sim_kwargs.get("params", "crazyflie")
+    if vehicle not in PRESETS:
+        raise ValueError(
+            f"env.kwargs.params={vehicle!r}: hardware is one vehicle; choose one of {PRESETS}"
+        )
+    if sim_kwargs.get("reference") is not None:
+        raise ValueError(
+            "env.kwargs.reference: the ROS 2 quadrotor env holds a position (hw.env.target); "
+            "reference trajectories are not supported on hardware"
+        )
+    kwargs.update(
+        vehicle=vehicle,
+        clip_observation=bool(sim_kwargs.get("clip_observation", True)),
+        terminate_on_velocity=bool(sim_kwargs.get("terminate_on_velocity", True)),
+    )
+    if standin_cfg is None:
+        return None
+    topics = kwargs.get("topics") or {}
+    return {
+        **standin_cfg,
+        "vehicle": vehicle,
+        "init": sim_kwargs.get("init", "raptor"),
+        "frame": kwargs.get("frame", "enu_flu"),
+        "twist_in_body": bool(kwargs.get("twist_in_body", True)),
+        "command_order": kwargs.get("command_order", "policy"),
+        "odometry_topic": topics.get("odometry", "/odometry"),
+        "command_topic": topics.get("command", "/motor_commands"),
+    }
 
 
 def new_bag_dir(run_dir: Path) -> Path:
@@ -213,7 +286,8 @@ def _open_store(
         if store.attrs.get("hw_env_id") != hw_env_id:
             raise ValueError(f"{path} holds {store.attrs.get('hw_env_id')} episodes")
         return store
-    spaces = env.observation_space.spaces
+    # A flat observation (the quadrotor's) is stored under one key, as `robolearn record` does.
+    spaces = getattr(env.observation_space, "spaces", {FLAT_OBS_KEY: env.observation_space})
     return EpisodeStore.create(
         path,
         attrs={
@@ -275,6 +349,8 @@ def _report(
         "stopped": stopped,
         "store": str(store.path),
     }
+    if n and "position_error" in store.keys:
+        summary.update(_flight_statistics(store, aborts))
     highlights = {
         "robot": f"{hw_config.get('name')} ({hw_env_id})",
         "episodes": n,
@@ -288,6 +364,12 @@ def _report(
         ),
         "loop overruns": f"{summary['overrun_fraction']:.1%}",
     }
+    if "survival_rate" in summary:
+        highlights["survival"] = f"{summary['survival_rate']:.1%}"
+        error = summary["final_error_m"]["mean"]
+        highlights["final error, mean over the last 1 s (cm)"] = (
+            "-" if error is None else f"{100 * error:.1f}"
+        )
     if stopped:
         highlights["stopped early"] = stopped
     _, md_path = write_report(
@@ -298,3 +380,23 @@ def _report(
         f"{summary['aborted_episodes']} aborted; store {store.path}; report {md_path}"
     )
     return summary
+
+
+def _flight_statistics(store: EpisodeStore, aborts: list[str]) -> dict[str, Any]:
+    """RAPTOR's statistics of quadrotor episodes: survival (neither terminated nor aborted)
+    and the final error, the mean position error over an episode's last second, of survivors."""
+    survived, final = [], []
+    for i in range(store.n_episodes):
+        episode = store.get_episode(i, ["position_error", "terminated"])
+        alive = not bool(episode["terminated"][-1]) and not aborts[i]
+        survived.append(alive)
+        if alive:
+            final.append(float(episode["position_error"][-FINAL_WINDOW_STEPS:].mean()))
+    return {
+        "survival_rate": float(np.mean(survived)),
+        "final_error_m": {
+            "mean": float(np.mean(final)) if final else None,
+            "median": float(np.median(final)) if final else None,
+            "max": float(np.max(final)) if final else None,
+        },
+    }

@@ -12,8 +12,9 @@ Verbs:
            re-runs a policy on the logged observations and reports the action differences
   import   import a rosbag2 MCAP bag (a deployment's, or JointState + JointTrajectory recorded
            elsewhere, topics from hw.env.topics) into an EpisodeStore: bag=<dir> out=<store>
-  deploy   run a policy on an arm over ROS 2 (hw=standin_arm: a PyBullet stand-in started for
-           you; hw=ros2_arm: a real robot) and record the deployment: the `ros` extra
+  deploy   run a policy on an arm or a quadrotor over ROS 2 (hw=standin_arm|standin_quadrotor: a
+           PyBullet stand-in started for you; hw=ros2_arm|ros2_quadrotor: a real robot) and
+           record the deployment: the `ros` extra
   info     describe an EpisodeStore: `robolearn info <store>`
 
 Every run writes one folder (default runs/<verb>/<time>-<env>) holding its resolved config, and
@@ -154,12 +155,19 @@ def validate(cfg: DictConfig, verb: str) -> None:
         except ValueError as err:
             raise ConfigError(f"env.id={cfg.env.id!r}: {err}") from None
     if verb == "deploy":
-        from hw import HW_IDS
+        from hw import HW_IDS, hw_robot
 
         need(
             "env.id",
             cfg.env.id in HW_IDS,
-            f"has no ROS 2 hardware env; deploy runs the arm tasks {sorted(HW_IDS)}",
+            f"has no ROS 2 hardware env; deploy runs {sorted(HW_IDS)}",
+        )
+        robot = hw_robot(HW_IDS[cfg.env.id])
+        need(
+            "hw.name",
+            cfg.hw.get("robot", "arm") == robot,
+            f"is for the {cfg.hw.get('robot', 'arm')} (hw.robot); env={cfg.env.name} is a "
+            f"{robot} task",
         )
     if verb in ("record", "eval", "deploy"):
         if cfg.policy.name == "checkpoint":
@@ -981,7 +989,7 @@ def cmd_import(cfg: DictConfig) -> int:
 
 
 def cmd_deploy(cfg: DictConfig) -> int:
-    from hw.deploy import deploy_arm
+    from hw.deploy import deploy_policy
 
     cfg.env.name = f"{cfg.hw.name}-{cfg.env.name}"  # run folder runs/deploy/<time>-<hw>-<task>
     run_dir = make_run_dir(cfg, "deploy")
@@ -989,7 +997,7 @@ def cmd_deploy(cfg: DictConfig) -> int:
     policy = make_policy(cfg)
     hw_config = OmegaConf.to_container(cfg.hw, resolve=True)
     try:
-        deploy_arm(
+        deploy_policy(
             policy,
             cfg.env.id,
             hw_config,  # type: ignore[arg-type]

@@ -75,8 +75,12 @@ def test_deploy_refuses_tasks_without_hardware_and_reports_a_dead_standin(
     ros_domain,  # noqa: F811
     capsys,
 ):
-    assert deploy(tmp_path / "q", "env=quadrotor") == 2
-    assert "env.id='robolearn/Quadrotor-v0': has no ROS 2 hardware env" in capsys.readouterr().err
+    assert deploy(tmp_path / "mw", "env=metaworld_reach") == 2
+    assert "env.id='robolearn/MetaWorld-reach-v3': has no ROS 2 hardware env" in (
+        capsys.readouterr().err
+    )
+    assert deploy(tmp_path / "q", "env=quadrotor", "hw=standin_arm") == 2
+    assert "hw.name='standin_arm': is for the arm (hw.robot)" in capsys.readouterr().err
     code = deploy(
         tmp_path / "dead", "env=arm_reach", "hw.standin.state_hz=-1", "hw.env.reset_timeout=3"
     )
