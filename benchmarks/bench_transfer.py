@@ -1,5 +1,6 @@
-"""Sim-to-"hardware" transfer: the same policies, same seeds, in the training simulator (MuJoCo)
-and on the stand-in hardware through ROS 2 (issue 4's transfer table).
+"""Sim-to-"hardware" transfer: the same policies, same seeds, in the training simulator (MuJoCo,
+or the torch quadrotor dynamics) and on the stand-in hardware through ROS 2 (issue 4's transfer
+table).
 
 Arm half: for each task (reach, push, pick-place) and policy, N episodes on the held-out seeds
 ``EVAL_SEED, EVAL_SEED + 1, ...`` (those ``robolearn eval`` uses) in ``robolearn/Arm*-v0`` and on
@@ -17,11 +18,21 @@ observation's JointState header stamp, taken in the stand-in when it measured, t
 ``env.step`` that publishes the command computed from it: link latency, the wait for the control
 tick, the policy and observation building) and counts safety aborts and interventions.
 
-The quadrotor half (survival / final error) plugs in as another entry of ``PLATFORMS`` once the
-stand-in quadrotor exists. Each platform's results are kept as JSON in
-``benchmarks/results/transfer/<platform>.json`` and the section is rebuilt from all of them, so
-one platform can be re-run alone: ``python -m benchmarks.bench_transfer [--episodes 50]
-[--platforms arm] [--tasks reach push pick_place] [--policies expert bc]``.
+Quadrotor half: the released RAPTOR policy, N episodes per vehicle on the held-out seeds in
+``robolearn/Quadrotor-v0`` (RAPTOR's evaluation protocol: teacher-MDP initial states, no
+velocity termination, 5 s) and on the PyBullet stand-in quadrotor (``hw/standin_quadrotor.py``
+in a child process, configured as ``configs/hw/standin_quadrotor.yaml``: 3 ms + up to 2 ms
+latency, 2 ms command latency, sensor noise) driven by ``robolearn/ROS2Quadrotor-v0`` synced to
+the 100 Hz odometry; each seed starts where the simulator starts it. Survival (neither terminated
+nor aborted) and the final error (the mean position error over an episode's last second, of
+survivors), RAPTOR's statistics; ``crazyflie-no-latency`` is the Crazyflie with the stand-in's
+link latencies set to 0, which isolates what the latency costs.
+
+Each platform's results are kept as JSON in ``benchmarks/results/transfer/<platform>.json`` and
+the section is rebuilt from all of them, so one platform can be re-run alone:
+``python -m benchmarks.bench_transfer [--episodes 50] [--platforms arm quadrotor]
+[--tasks reach push pick_place] [--policies expert bc] [--quad-episodes 20]
+[--quad-variants crazyflie x500 crazyflie-no-latency]``.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ from robolearn.policy import Policy, load_policy
 
 RESULTS = Path(__file__).resolve().parent / "results" / "transfer"
 HW_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hw" / "standin_arm.yaml"
+QUAD_HW_CONFIG = HW_CONFIG.with_name("standin_quadrotor.yaml")
 EVAL_SEED = 1_000_000  # the seeds `robolearn eval` uses: disjoint from the BC demonstrations
 BC_DEMOS = 500
 ARM_TASKS = {
@@ -232,9 +244,205 @@ def arm_table(results: list[dict[str, Any]]) -> str:
     return table(header, rows)
 
 
+#: Quadrotor rows: name -> (vehicle, stand-in overrides of configs/hw/standin_quadrotor.yaml).
+QUAD_VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
+    "crazyflie": ("crazyflie", {}),
+    "x500": ("x500", {}),
+    "crazyflie-no-latency": ("crazyflie", {"latency": 0.0, "jitter": 0.0, "command_latency": 0.0}),
+}
+#: RAPTOR's evaluation protocol in the simulator (robolearn/algos/raptor/evaluate.py).
+QUAD_SIM_KWARGS = {"init": "raptor", "terminate_on_velocity": False}
+QUAD_STEPS = 500  # 5 s at 100 Hz: the episode limit of both envs
+FINAL_WINDOW = 100  # the last second
+
+
+def flight_statistics(survived: list[bool], final: list[float]) -> dict[str, Any]:
+    """Survival rate and the final errors (m) of the survivors."""
+    return {
+        "survival": float(np.mean(survived)),
+        "final_error_mean": float(np.mean(final)) if final else None,
+        "final_error_median": float(np.median(final)) if final else None,
+    }
+
+
+def quad_sim_flights(policy: Policy, vehicle: str, episodes: int) -> dict[str, Any]:
+    """The policy on ``episodes`` seeds of the simulator, batched (sub-env ``i`` of the vector
+    env flies exactly as ``robolearn/Quadrotor-v0`` reset with the same seed)."""
+    from robolearn.envs import make_vector_env
+
+    env = make_vector_env(
+        "robolearn/Quadrotor-v0", episodes, {**QUAD_SIM_KWARGS, "params": vehicle}
+    )
+    try:
+        obs, _ = env.reset(seed=[EVAL_SEED + i for i in range(episodes)])
+        policy.reset(episodes)
+        alive = np.ones(episodes, dtype=bool)
+        errors = []
+        for _ in range(QUAD_STEPS):
+            obs, _, terminated, _, info = env.step(policy.act(obs))
+            alive &= ~terminated
+            errors.append(info["position_error"])
+        final = np.mean(errors[-FINAL_WINDOW:], axis=0)
+        return flight_statistics(alive.tolist(), final[alive].tolist())
+    finally:
+        env.close()
+
+
+def quad_standin_flights(
+    policy: Policy, vehicle: str, overrides: dict[str, float], episodes: int, name: str
+) -> dict[str, Any]:
+    """The policy on the same seeds on one stand-in quadrotor through ROS 2."""
+    from hw.deploy import StandInProcess, quadrotor_setup
+    from robolearn.envs import make_env
+
+    config = yaml.safe_load(QUAD_HW_CONFIG.read_text())
+    kwargs = dict(config["env"])
+    standin_cfg = quadrotor_setup(
+        {**QUAD_SIM_KWARGS, "params": vehicle}, kwargs, {**config["standin"], **overrides}
+    )
+    standin = StandInProcess(standin_cfg, None, RESULTS / f"standin-{name}.log", "quadrotor")
+    survived, final, latencies = [], [], []
+    aborts: collections.Counter[str] = collections.Counter()
+    events: collections.Counter[str] = collections.Counter()
+    overruns = steps = 0
+    try:
+        env = make_env("robolearn/ROS2Quadrotor-v0", kwargs)
+        try:
+            for i in range(episodes):
+                policy.reset(1)
+                obs, info = env.reset(seed=EVAL_SEED + i)
+                errors, alive = [], True
+                for _ in range(QUAD_STEPS):
+                    action = policy.act(obs[None])[0]
+                    latencies.append((time.time_ns() - info["stamp_ns"]) * 1e-6)
+                    obs, _, terminated, truncated, info = env.step(action)
+                    errors.append(info["position_error"])
+                    steps += 1
+                    overruns += bool(info["overrun"])
+                    events.update(e["kind"] for e in info["safety_events"])
+                    if "abort_reason" in info:
+                        aborts[info["abort_reason"].split(":", 1)[0]] += 1
+                    if terminated or "abort_reason" in info:
+                        alive = False
+                    if terminated or truncated:  # truncated: an abort, or the time limit
+                        break
+                survived.append(alive)
+                if alive:
+                    final.append(float(np.mean(errors[-FINAL_WINDOW:])))
+                standin.check_alive()
+        finally:
+            env.close()
+    finally:
+        standin.stop()
+    lat = np.asarray(latencies)
+    return {
+        **flight_statistics(survived, final),
+        "latency_ms_mean": float(lat.mean()),
+        "latency_ms_p99": float(np.percentile(lat, 99)),
+        "steps": steps,
+        "overruns": overruns,
+        "aborts": dict(aborts),
+        "safety_events": dict(events),
+    }
+
+
+def quadrotor_results(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One result per quadrotor variant: the released RAPTOR policy in sim and on the stand-in."""
+    import hw  # noqa: F401 - registers the ROS 2 env ids
+    from robolearn.algos.raptor.baseline import ReleasedRaptorPolicy
+
+    results = []
+    for name in args.quad_variants:
+        vehicle, overrides = QUAD_VARIANTS[name]
+        policy = ReleasedRaptorPolicy()
+        start = time.perf_counter()
+        sim = quad_sim_flights(policy, vehicle, args.quad_episodes)
+        sim_s = time.perf_counter() - start
+        start = time.perf_counter()
+        real = quad_standin_flights(policy, vehicle, overrides, args.quad_episodes, name)
+        result = {
+            "variant": name,
+            "vehicle": vehicle,
+            "standin_overrides": overrides,
+            "episodes": args.quad_episodes,
+            "sim": sim,
+            "hw": real,
+            "sim_s": sim_s,
+            "hw_s": time.perf_counter() - start,
+        }
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    return results
+
+
+def quadrotor_table(results: list[dict[str, Any]]) -> str:
+    def cm(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}"
+
+    rows = []
+    for r in results:
+        s, h = r["sim"], r["hw"]
+        aborts = ", ".join(f"{k} {v}" for k, v in sorted(h["aborts"].items())) or "none"
+        rows.append(
+            [
+                r["variant"],
+                r["episodes"],
+                f"{s['survival']:.0%}",
+                f"{h['survival']:.0%}",
+                f"{cm(s['final_error_mean'])} / {cm(s['final_error_median'])}",
+                f"{cm(h['final_error_mean'])} / {cm(h['final_error_median'])}",
+                f"{h['latency_ms_mean']:.1f} / {h['latency_ms_p99']:.1f}",
+                aborts,
+                f"{h['overruns']} / {h['steps']}",
+                f"{r['hw_s']:.0f}",
+            ]
+        )
+    header = [
+        "vehicle",
+        "episodes",
+        "sim survival",
+        "stand-in survival",
+        "sim final error cm, mean / median",
+        "stand-in final error cm, mean / median",
+        "obs-to-command ms, mean / p99",
+        "safety aborts",
+        "overruns / steps",
+        "stand-in wall s",
+    ]
+    return table(header, rows)
+
+
 #: Platform -> (function producing its results, function rendering them as markdown).
 PLATFORMS: dict[str, tuple[Callable[..., list[dict[str, Any]]], Callable[..., str]]] = {
     "arm": (arm_results, arm_table),
+    "quadrotor": (quadrotor_results, quadrotor_table),
+}
+#: What each platform's table compares (in the section, above the table).
+PLATFORM_NOTES = {
+    "arm": (
+        "Same policies, same seeds (held-out seeds from 1,000,000) in MuJoCo and on the "
+        "PyBullet stand-in arm through ROS 2 (`configs/hw/standin_arm.yaml`: JointTrajectory "
+        "controller, 4 ms + 0-2 ms link latency, 2 ms command latency, sensor noise; another "
+        "physics engine with its own contacts and friction), 20 Hz control. Policies: the "
+        "scripted expert (noise 0) and BC (default config, 500 MuJoCo demos). "
+        "Obs-to-command: the JointState's header stamp (set in the stand-in at measurement) to "
+        "the `env.step` call that publishes the command computed from it. Safety interventions: "
+        "events by kind where the safety layer bounded or held a command and the episode went "
+        "on; an abort ends the episode. Overruns: control ticks the loop missed."
+    ),
+    "quadrotor": (
+        "The released RAPTOR policy, same seeds (from 1,000,000), 5 s episodes from RAPTOR's "
+        "teacher-MDP initial states (up to 10 arm lengths away, 1 rad tilt, 1 m/s, 1 rad/s), "
+        "in `robolearn/Quadrotor-v0` (torch L2F dynamics, RK4) and on the PyBullet stand-in "
+        "quadrotor through ROS 2 (`configs/hw/standin_quadrotor.yaml`: another integrator, "
+        "the motor lag in the node, 3 ms + 0-2 ms odometry latency, 2 ms command latency, "
+        "sensor noise; the env steps on each 100 Hz odometry). Survival: neither terminated "
+        "(20 arm lengths from the target) nor aborted by the safety layer; final error: the "
+        "mean distance to the target over the last second, of survivors. Obs-to-command as "
+        "for the arm (the Odometry's header stamp). The stand-in's episode starts where the "
+        "simulator's does, but it flies in real time: the first observation is already one "
+        "odometry period into the flight."
+    ),
 }
 
 
@@ -244,6 +452,10 @@ def main() -> None:
     parser.add_argument("--platforms", nargs="+", choices=sorted(PLATFORMS), default=["arm"])
     parser.add_argument("--tasks", nargs="+", choices=sorted(ARM_TASKS), default=list(ARM_TASKS))
     parser.add_argument("--policies", nargs="+", choices=["expert", "bc"], default=["expert", "bc"])
+    parser.add_argument("--quad-episodes", type=int, default=20, help="per quadrotor variant")
+    parser.add_argument(
+        "--quad-variants", nargs="+", choices=list(QUAD_VARIANTS), default=list(QUAD_VARIANTS)
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -271,22 +483,10 @@ def main() -> None:
             loads = "/".join(f"{x:.1f}" for x in saved["load_before"])
             parts.append(
                 f"**{platform}** ({saved['wall_s'] / 60:.0f} min; 1/5/15-min load average "
-                f"{loads} at the start)\n\n{render(saved['results'])}"
+                f"{loads} at the start). {PLATFORM_NOTES[platform]}\n\n"
+                f"{render(saved['results'])}"
             )
-    body = (
-        "Same policies, same seeds (held-out seeds from 1,000,000) in MuJoCo and on the "
-        "PyBullet stand-in arm through ROS 2 (`configs/hw/standin_arm.yaml`: JointTrajectory "
-        "controller, 4 ms + 0-2 ms link latency, 2 ms command latency, sensor noise; another "
-        "physics engine with its own contacts and friction), 20 Hz control. Policies: the "
-        "scripted expert (noise 0) and BC (default config, 500 MuJoCo demos). "
-        "Obs-to-command: the JointState's header stamp (set in the stand-in at measurement) to "
-        "the `env.step` call that publishes the command computed from it. Safety interventions: "
-        "events by kind where the safety layer bounded or held a command and the episode went "
-        "on; an abort ends the episode. Overruns: control ticks the loop missed.\n\n"
-        + "\n\n".join(parts)
-        + "\n\nThe quadrotor half (survival / final error, sim vs stand-in quadrotor) comes with "
-        "the stand-in quadrotor: it is another entry of `PLATFORMS` in the script."
-    )
+    body = "\n\n".join(parts)
     write_section("transfer", "Transfer: training simulator vs stand-in hardware over ROS 2", body)
 
 
