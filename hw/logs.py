@@ -5,9 +5,10 @@ Importers are per robot, behind one small interface (:class:`LogImporter`), pick
 env id by :func:`importer_for`: the arm's (:class:`ArmLogImporter`) reads
 ``sensor_msgs/JointState`` (joints mapped by name, extra joints ignored), the object and goal
 ``geometry_msgs/PoseStamped`` and the commands (``trajectory_msgs/JointTrajectory`` or
-``std_msgs/Float64MultiArray``). A quadrotor importer (``nav_msgs/Odometry`` in, motor commands
-out) registers in :data:`IMPORTERS` the same way, reusing :func:`latest_at` and
-:func:`interpolate`.
+``std_msgs/Float64MultiArray``); the quadrotor's (:class:`QuadrotorLogImporter`) reads
+``nav_msgs/Odometry`` (ENU/FLU or NED/FRD, :mod:`hw.frames`) and the motor setpoints
+(``std_msgs/Float32MultiArray``, policy or PX4 order), and builds the policy's observation with
+the env's own function.
 
 Two kinds of bag:
 
@@ -424,18 +425,304 @@ class ArmLogImporter:
         return np.clip(np.asarray(values, dtype=np.float32), -1.0, 1.0)
 
 
-#: Robot name (``robot_spec.name``) -> importer class; a quadrotor importer registers here.
-IMPORTERS: dict[str, type] = {PANDA_SPEC.name: ArmLogImporter, PANDA_YAW_SPEC.name: ArmLogImporter}
+ODOMETRY = "nav_msgs/msg/Odometry"
+MOTORS = "std_msgs/msg/Float32MultiArray"
 
 
-def importer_for(env_id: str, **kwargs: Any) -> LogImporter:
-    """The importer of a simulated or hardware env id (``robolearn/ArmPush-v0``, ...)."""
-    from hw import ARM_ENVS, HW_IDS
+class QuadrotorLogImporter:
+    """Quadrotor bags -> episodes of ``robolearn/Quadrotor-v0`` (22-D observation, 4 actions).
+
+    A robolearn bag's episodes reproduce the deployment's store (observations from the newest
+    odometry logged at or before each action, the previous logged action fed back, each
+    episode's target from its start event). A foreign bag becomes one episode on the 100 Hz grid
+    of the odometry's header stamps (positions, velocities and rates interpolated linearly, the
+    attitude normalised-linearly), each step's action the motor command in force over the step,
+    ``a = 2 u - 1``, and the previous action the one before it.
+
+    Args:
+        topics: :class:`~hw.quadrotor_env.QuadrotorTopics` fields (topic names in the bag).
+        frame: ``"enu_flu"`` or ``"ned_frd"``: the odometry's convention.
+        twist_in_body: Whether the odometry's linear velocity is in the body frame.
+        command_order: ``"policy"`` or ``"px4"``: the commands' motor order.
+        target: Position (m, world ENU) the observation's position error is taken to.
+        vehicle: The preset of the simulated twin (``env_kwargs`` of the store, and the
+            termination bound of the reward).
+        clip_observation: Clip the position and velocity errors, as the env does.
+        terminate_on_velocity: The reward's velocity termination, as the env's.
+        source: Each episode's ``source`` metadata.
+    """
+
+    def __init__(
+        self,
+        topics: Mapping[str, Any] | None = None,
+        frame: str = "enu_flu",
+        twist_in_body: bool = True,
+        command_order: str = "policy",
+        target: Sequence[float] = (0.0, 0.0, 0.0),
+        vehicle: str = "crazyflie",
+        clip_observation: bool = True,
+        terminate_on_velocity: bool = True,
+        source: str = "bag",
+    ) -> None:
+        from hw.frames import check_convention
+        from hw.quadrotor_env import QuadrotorTopics
+        from sims.pybullet.quadrotor import Vehicle
+        from sims.quadrotor.params import TERMINATION_ARMS
+
+        self.topics = QuadrotorTopics(**dict(topics or {}))
+        self.frame = check_convention(frame)
+        self.twist_in_body = bool(twist_in_body)
+        self.command_order = command_order
+        self.target = np.asarray(target, dtype=np.float64)
+        self.vehicle = vehicle
+        self.clip_observation = clip_observation
+        self.terminate_on_velocity = terminate_on_velocity
+        self.source = source
+        arm = np.linalg.norm(Vehicle.from_preset(vehicle).rotor_positions[:, :2], axis=1).max()
+        self._max_position = TERMINATION_ARMS * float(arm)
+
+    @classmethod
+    def from_description(
+        cls, description: Mapping[str, Any], **overrides: Any
+    ) -> QuadrotorLogImporter:
+        """The importer of a robolearn bag, configured from its description (the deployment's
+        ``hw.env`` and ``env_kwargs``); ``overrides`` win."""
+        env = dict((description.get("hw") or {}).get("env") or {})
+        sim = dict(description.get("env_kwargs") or {})
+        keys = ("topics", "frame", "twist_in_body", "command_order", "target")
+        kwargs = {k: env[k] for k in keys if k in env}
+        kwargs["vehicle"] = sim.get("params", "crazyflie")
+        for key in ("clip_observation", "terminate_on_velocity"):
+            kwargs.setdefault(key, sim.get(key, True))
+        return cls(**{**kwargs, **overrides})
+
+    def topic_names(self) -> list[str]:
+        """Every topic this importer reads."""
+        return [self.topics.odometry, self.topics.command, ACTION_TOPIC, EPISODE_TOPIC]
+
+    def store_attrs(self) -> dict[str, Any]:
+        from robolearn.policy import FLAT_OBS_KEY
+        from robolearn.robots.quadrotor import OBSERVATION_DIM, QUADROTOR_SPEC
+
+        return {
+            "env_id": "robolearn/Quadrotor-v0",
+            "env_kwargs": {
+                "params": self.vehicle,
+                "clip_observation": self.clip_observation,
+                "terminate_on_velocity": self.terminate_on_velocity,
+            },
+            "hw_env_id": "robolearn/ROS2Quadrotor-v0",
+            "robot_spec": QUADROTOR_SPEC.to_dict(),
+            "control_hz": QUADROTOR_SPEC.control_hz,
+            "observation_keys": [FLAT_OBS_KEY],
+            "observation_space": {FLAT_OBS_KEY: {"shape": [OBSERVATION_DIM], "dtype": "float32"}},
+            "action_space": {"shape": [4], "dtype": "float32"},
+        }
+
+    def _decode(self, messages: Sequence[BagMessage]) -> dict[str, Any]:
+        """Odometry in ENU/FLU (world velocity), commands as policy-ordered actions, the
+        logged actions and the episode events."""
+        from hw.frames import odometry_to_policy_frame, setpoint_to_action, to_policy_order
+
+        odometry: tuple[list, list, list] = ([], [], [])
+        commands: tuple[list, list, list] = ([], [], [])
+        actions: list[tuple[int, np.ndarray]] = []
+        events: list[tuple[int, dict[str, Any]]] = []
+        for m in messages:
+            if m.topic == ACTION_TOPIC:
+                actions.append((m.log_ns, np.asarray(m.decode().data, dtype=np.float32)))
+            elif m.topic == EPISODE_TOPIC:
+                events.append((m.log_ns, json.loads(m.decode().data)))
+            elif m.topic == self.topics.odometry and m.msgtype == ODOMETRY:
+                msg = m.decode()
+                pose, twist = msg.pose.pose, msg.twist.twist
+                o, p, v, w = pose.orientation, pose.position, twist.linear, twist.angular
+                raw = np.array([p.x, p.y, p.z, o.w, o.x, o.y, o.z, v.x, v.y, v.z, w.x, w.y, w.z])
+                if not np.all(np.isfinite(raw)) or not np.linalg.norm(raw[3:7]) > 0.5:
+                    continue  # dropped, as the env drops it
+                parts = odometry_to_policy_frame(
+                    raw[0:3], raw[3:7], raw[7:10], raw[10:13], self.frame, self.twist_in_body
+                )
+                parts[1][:] = parts[1] / np.linalg.norm(parts[1])
+                odometry[0].append(m.log_ns)
+                odometry[1].append(stamp_ns(msg.header))
+                odometry[2].append(np.concatenate(parts))
+            elif m.topic == self.topics.command and m.msgtype == MOTORS:
+                data = np.asarray(m.decode().data, dtype=np.float64)
+                if data.shape == (4,) and np.all(np.isfinite(data)):
+                    action = setpoint_to_action(to_policy_order(data, self.command_order))
+                    commands[0].append(m.log_ns)
+                    commands[1].append(0)
+                    commands[2].append(action)
+        if not odometry[0]:
+            raise ValueError(
+                f"the bag has no usable {ODOMETRY} messages on {self.topics.odometry} (topics are "
+                "set by hw.env.topics.*)"
+            )
+        return {
+            "odometry": _Series(*odometry),
+            "commands": _Series(*commands),
+            "actions": actions,
+            "events": events,
+        }
+
+    def _steps(
+        self, states: np.ndarray, actions: np.ndarray, target: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Observations, rewards and distances of steps whose observation ``t`` comes from
+        ``states[t]`` and action ``t`` was ``actions[t]``; ``states`` has one more row (the
+        state after the last action) that scores the last reward."""
+        from hw.frames import quat_to_rotation
+        from hw.quadrotor_env import teacher_reward
+        from robolearn.robots.quadrotor import CLIP_POSITION, CLIP_VELOCITY, raptor_observation
+
+        n = len(actions)
+        prev = np.vstack([np.zeros((1, 4)), actions[:-1]]).astype(np.float64)
+        p_err = states[:, 0:3] - target
+        obs = raptor_observation(
+            p_err[:n],
+            quat_to_rotation(states[:n, 3:7]),
+            states[:n, 7:10],
+            states[:n, 10:13],
+            prev,
+            clip_position=CLIP_POSITION if self.clip_observation else None,
+            clip_velocity=CLIP_VELOCITY if self.clip_observation else None,
+        ).astype(np.float32)
+        clipped = np.clip(actions, -1.0, 1.0)
+        d_action = np.linalg.norm(clipped - np.clip(prev, -1.0, 1.0), axis=1)
+        rewards, terminated = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=bool)
+        for t in range(min(n, len(states) - 1)):
+            r, term = teacher_reward(
+                states[t + 1],
+                p_err[t + 1],
+                float(d_action[t]),
+                self._max_position,
+                self.terminate_on_velocity,
+            )
+            rewards[t], terminated[t] = r, term
+        return {
+            "obs": obs,
+            "reward": rewards,
+            "terminated": terminated,
+            "position_error": np.linalg.norm(p_err[:n], axis=1),
+        }
+
+    def episodes(self, messages: Sequence[BagMessage]) -> Iterator[Episode]:
+        from sims.quadrotor.env import SUCCESS_DISTANCE
+
+        decoded = self._decode(messages)
+        odometry = decoded["odometry"]
+        if not decoded["actions"]:
+            yield self._resampled_episode(decoded, SUCCESS_DISTANCE)
+            return
+        action_ns = np.array([t for t, _ in decoded["actions"]], dtype=np.int64)
+        starts = [(t, e) for t, e in decoded["events"] if e.get("event") == "start"]
+        ends = [(t, e) for t, e in decoded["events"] if e.get("event") == "end"]
+        for i, (start_ns, start) in enumerate(starts):
+            next_start = starts[i + 1][0] if i + 1 < len(starts) else math.inf
+            end = next((e for t, e in ends if start_ns <= t < next_start), None)
+            steps = np.flatnonzero((action_ns >= start_ns) & (action_ns < next_start))
+            if end is not None:
+                steps = steps[: end["steps"]]
+            if not len(steps):
+                continue
+            index = latest_at(odometry.log_ns, action_ns[steps])
+            if np.any(index < 0):
+                raise ValueError("a logged action precedes the first odometry message")
+            # The state after the last action: the next odometry (the reward's only use).
+            states = odometry.values[np.append(index, min(index[-1] + 1, len(odometry) - 1))]
+            actions = np.stack([decoded["actions"][j][1] for j in steps])
+            target = np.asarray(start.get("target", self.target), dtype=np.float64)
+            data = self._steps(states, actions, target)
+            if end is not None:  # the deployment's own score of the last step
+                data["reward"][-1] = end["final_reward"]
+                data["terminated"][-1] = bool(end.get("terminated"))
+            else:
+                data["terminated"][-1] = False
+            stamps = odometry.stamps[index]
+            data.update(
+                action=actions,
+                timestamp=np.arange(len(steps), dtype=np.float64) * 0.01,
+                stamp_ns=stamps,
+                obs_latency=(action_ns[steps] - stamps) * 1e-9,
+            )
+            success = end["success"] if end else data["position_error"][-1] < SUCCESS_DISTANCE
+            meta = {
+                "seed": -1 if start.get("seed") is None else int(start["seed"]),
+                "success": bool(success),
+                "source": self.source,
+                "episode_return": float(np.sum(data["reward"], dtype=np.float64)),
+                "abort_reason": (
+                    end.get("abort_reason", "") if end else "the log ends mid-episode"
+                ),
+            }
+            yield data, meta
+
+    def _resampled_episode(self, decoded: dict[str, Any], success_distance: float) -> Episode:
+        """A foreign bag: one episode on the 100 Hz grid of the odometry's stamps."""
+        odometry = decoded["odometry"].by_stamp()
+        dt_ns = 10_000_000
+        n = int((odometry.stamps[-1] - odometry.stamps[0]) // dt_ns)
+        if n < 1:
+            raise ValueError("the bag's odometry spans less than one control period")
+        grid = odometry.stamps[0] + dt_ns * np.arange(n + 1, dtype=np.int64)
+        values = odometry.values.copy()
+        # Quaternions q and -q are one attitude: align signs before interpolating.
+        flip = np.sign(np.sum(values[1:, 3:7] * values[:-1, 3:7], axis=1))
+        values[1:, 3:7] *= np.cumprod(np.where(flip == 0, 1.0, flip))[:, None]
+        states = interpolate(odometry.stamps, values, grid)
+        states[:, 3:7] /= np.linalg.norm(states[:, 3:7], axis=1, keepdims=True)
+        commands = decoded["commands"]
+        offset = int(np.median(odometry.log_ns - odometry.stamps))
+        # Step k's command is the newest one issued by the end of the step.
+        index = latest_at(commands.log_ns - offset, grid[1:])
+        actions = np.where(
+            (index >= 0)[:, None], commands.values[np.maximum(index, 0)], -1.0
+        ).astype(np.float32)
+        data = self._steps(states, actions, self.target)
+        data.update(
+            action=actions,
+            timestamp=np.arange(n, dtype=np.float64) * 0.01,
+            stamp_ns=grid[:n],
+        )
+        meta = {
+            "seed": -1,
+            "success": bool(np.linalg.norm(states[-1, :3] - self.target) < success_distance),
+            "source": self.source,
+            "episode_return": float(np.sum(data["reward"], dtype=np.float64)),
+            "abort_reason": "",
+        }
+        return data, meta
+
+
+#: Robot name (``robot_spec.name``) -> importer class.
+IMPORTERS: dict[str, type] = {
+    PANDA_SPEC.name: ArmLogImporter,
+    PANDA_YAW_SPEC.name: ArmLogImporter,
+    "quadrotor": QuadrotorLogImporter,
+}
+
+
+def importer_for(
+    env_id: str, description: Mapping[str, Any] | None = None, **kwargs: Any
+) -> LogImporter:
+    """The importer of a simulated or hardware env id (``robolearn/ArmPush-v0``, ...);
+    ``description`` (a robolearn bag's) configures a quadrotor importer as the deployment was
+    (only ``source`` of ``kwargs`` applies then)."""
+    from hw import ARM_ENVS, HW_IDS, QUADROTOR_ENVS
 
     hw_id = HW_IDS.get(env_id, env_id)
+    if hw_id in QUADROTOR_ENVS:
+        for arm_only in ("use_yaw", "pose_frames"):
+            kwargs.pop(arm_only, None)
+        if description and description.get("hw"):
+            # A robolearn bag says how it was recorded: that wins over the caller's defaults.
+            return QuadrotorLogImporter.from_description(
+                description, **{k: v for k, v in kwargs.items() if k == "source"}
+            )
+        return QuadrotorLogImporter(**kwargs)
     if hw_id not in ARM_ENVS:
-        arms = sorted(HW_IDS)
-        raise ValueError(f"{env_id}: no bag importer (arm tasks have one: {arms})")
+        raise ValueError(f"{env_id}: no bag importer (these envs have one: {sorted(HW_IDS)})")
     return ArmLogImporter(ARM_ENVS[hw_id][0], **kwargs)
 
 
@@ -460,7 +747,7 @@ def import_bag(
         if "use_yaw" not in importer_kwargs and "env_kwargs" in description:
             importer_kwargs["use_yaw"] = bool(description["env_kwargs"].get("use_yaw", False))
         importer_kwargs.setdefault("source", f"bag:{Path(bag).name}")
-        importer = importer_for(env_id, **importer_kwargs)
+        importer = importer_for(env_id, description, **importer_kwargs)
     topics = importer.topic_names() if hasattr(importer, "topic_names") else None
     messages = list(read_bag(bag, topics))
     episodes = list(importer.episodes(messages))

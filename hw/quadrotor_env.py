@@ -215,6 +215,7 @@ class ROS2QuadrotorEnv(gym.Env):
         self._snapshot_ns = 0
         self._obs_ns = 0
         self._episode: dict[str, Any] | None = None
+        self._closed = False
 
         self._ros = RosRuntime(domain_id)
         try:
@@ -587,7 +588,7 @@ class ROS2QuadrotorEnv(gym.Env):
         if self._episode is not None:
             episode = self._episode
             episode["steps"] += 1
-            episode["success"] = bool(info["success"])  # at the end, as RAPTOR's protocol
+            episode["success"] = bool(episode["success"] or info["success"])
             episode.update(
                 terminated=terminated,
                 abort_reason=abort or "",
@@ -630,7 +631,10 @@ class ROS2QuadrotorEnv(gym.Env):
 
     def close(self) -> None:
         """Run the safe command to its end (``land`` takes ``land_duration``), shut this env's
-        ROS node down and close the bag of an attached recorder."""
+        ROS node down and close the bag of an attached recorder (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         self._end_recorded_episode()
         if self._command_pub.get_subscription_count() > 0:
             self._engage_safe_command()

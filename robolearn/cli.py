@@ -10,8 +10,9 @@ Verbs:
            an episode's actions in simulation and reports the divergence from the log; to=ros
            publishes the run's bag on ROS 2 topics at its recorded timing; policy=<ckpt> (to=policy)
            re-runs a policy on the logged observations and reports the action differences
-  import   import a rosbag2 MCAP bag (a deployment's, or JointState + JointTrajectory recorded
-           elsewhere, topics from hw.env.topics) into an EpisodeStore: bag=<dir> out=<store>
+  import   import a rosbag2 MCAP bag (a deployment's, or JointState + JointTrajectory or Odometry
+           + motor commands recorded elsewhere, topics and frames from hw.env) into an
+           EpisodeStore: bag=<dir> out=<store>
   deploy   run a policy on an arm or a quadrotor over ROS 2 (hw=standin_arm|standin_quadrotor: a
            PyBullet stand-in started for you; hw=ros2_arm|ros2_quadrotor: a real robot) and
            record the deployment: the `ros` extra
@@ -971,15 +972,25 @@ def cmd_import(cfg: DictConfig) -> int:
     run_dir = make_run_dir(cfg, "import")
     env_id = _bag_env_id(cfg, bag)
     out = Path(cfg.out) if cfg.out is not None else run_dir / "episodes.zarr"
+    from hw import HW_IDS, hw_robot
+
     hw_env = cfg.hw.env
-    store = import_bag(
-        bag,
-        out,
-        env_id=env_id,
-        topics=OmegaConf.to_container(hw_env.topics, resolve=True),
-        use_yaw=bool(_env_kwargs(cfg).get("use_yaw", False)),
-        pose_frames=list(hw_env.get("pose_frames") or ("world", "panda_link0")),
-    )
+    robot = hw_robot(HW_IDS[env_id]) if env_id in HW_IDS else "arm"
+    kwargs: dict[str, Any] = {}
+    if cfg.hw.get("robot", "arm") == robot:  # the hw config describes this robot's topics
+        kwargs["topics"] = OmegaConf.to_container(hw_env.topics, resolve=True)
+        if robot == "quadrotor":
+            kwargs.update(
+                {k: hw_env[k] for k in ("frame", "twist_in_body", "command_order")},
+                target=list(hw_env.target),
+                vehicle=_env_kwargs(cfg).get("params", "crazyflie"),
+            )
+    if robot == "arm":
+        kwargs.update(
+            use_yaw=bool(_env_kwargs(cfg).get("use_yaw", False)),
+            pose_frames=list(hw_env.get("pose_frames") or ("world", "panda_link0")),
+        )
+    store = import_bag(bag, out, env_id=env_id, **kwargs)
     _say(
         f"imported {store.n_episodes} episodes ({store.n_steps} steps at "
         f"{store.attrs.get('control_hz')} Hz) of {env_id} from {bag} into {store.path}"
