@@ -41,7 +41,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from robolearn.data.store import EpisodeStore, StoreError
 from robolearn.envs import ensure_registered, renders
-from robolearn.policy import FLAT_OBS_KEY, Policy, as_dict, load_policy
+from robolearn.policy import (
+    FLAT_OBS_KEY,
+    POLICY_FILE,
+    Policy,
+    as_dict,
+    load_policy,
+    resolve_checkpoint,
+)
 from robolearn.rollout import control_hz
 from robolearn.utils import resolve_device
 
@@ -172,11 +179,7 @@ def validate(cfg: DictConfig, verb: str) -> None:
         )
     if verb in ("record", "eval", "deploy"):
         if cfg.policy.name == "checkpoint":
-            need(
-                "policy.path",
-                (Path(cfg.policy.path) / "policy.json").is_file(),
-                "is not a policy checkpoint directory (no policy.json)",
-            )
+            need("policy.path", *_checkpoint_check(cfg.policy.path))
         if cfg.policy.name == "expert":
             noise = cfg.policy.noise
             need("policy.noise", isinstance(noise, (int, float)) and noise >= 0, "must be >= 0")
@@ -188,11 +191,7 @@ def validate(cfg: DictConfig, verb: str) -> None:
         if cfg.algo.name == "dsrl":
             dsrl_config(cfg)
             need("base", cfg.base is not None, "is required: robolearn train algo=dsrl base=<ckpt>")
-            need(
-                "base",
-                (Path(cfg.base) / "policy.json").is_file(),
-                "is not a policy checkpoint directory (no policy.json)",
-            )
+            need("base", *_checkpoint_check(cfg.base))
             if cfg.algo.demo_store is not None:
                 need("algo.demo_store", Path(cfg.algo.demo_store).exists(), "does not exist")
             return
@@ -308,6 +307,15 @@ def make_policy(cfg: DictConfig) -> Policy:
 
         return ReleasedRaptorPolicy()
     return load_policy(cfg.policy.path, device=resolve_device(cfg.device))
+
+
+def _checkpoint_check(path: str) -> tuple[bool, str]:
+    """Whether ``path`` (a directory or ``pretrained:<name>``) is a checkpoint, and why not."""
+    try:
+        directory = resolve_checkpoint(path)
+    except FileNotFoundError as err:
+        return False, str(err)
+    return (directory / POLICY_FILE).is_file(), "is not a policy checkpoint (no policy.json)"
 
 
 def _import_string(target: str) -> Callable[..., Any]:

@@ -10,7 +10,9 @@ Every policy, learned or scripted, simulated or deployed, speaks the same small 
 A checkpoint directory holds ``policy.json`` (the class to load with, its config and format
 version), ``model.safetensors`` (weights) and ``normalizer.safetensors`` (statistics), so it
 loads without the run's hydra config: ``load_policy(path)`` reads ``policy.json``, imports the
-named class and calls its ``load``.
+named class and calls its ``load``. ``pretrained:<name>`` in place of a directory names a
+checkpoint that ships inside the package (``robolearn/pretrained/<name>``, with its evaluation
+report), e.g. ``load_policy("pretrained:quadrotor")``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ FLAT_OBS_KEY = "obs"
 CHECKPOINT_FORMAT_VERSION = 1
 POLICY_FILE = "policy.json"
 WEIGHTS_FILE = "model.safetensors"
+#: ``pretrained:<name>`` names the checkpoint shipped in ``PRETRAINED_DIR / <name>``.
+PRETRAINED_PREFIX = "pretrained:"
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 NORMALIZER_FILE = "normalizer.safetensors"
 
 
@@ -112,9 +117,24 @@ def write_policy_file(path: Path, cls: type, config: dict[str, Any]) -> None:
     (path / POLICY_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory ``path`` names: itself, or a shipped ``pretrained:<name>``."""
+    text = str(path)
+    if not text.startswith(PRETRAINED_PREFIX):
+        return Path(path)
+    name = text[len(PRETRAINED_PREFIX) :]
+    directory = PRETRAINED_DIR / name
+    if not name or not (directory / POLICY_FILE).is_file():
+        shipped = sorted(p.parent.name for p in PRETRAINED_DIR.glob(f"*/{POLICY_FILE}"))
+        raise FileNotFoundError(
+            f"no pretrained policy {name!r}; shipped: {', '.join(shipped) or 'none'}"
+        )
+    return directory
+
+
 def read_policy_file(path: str | Path) -> dict[str, Any]:
     """Read and validate ``policy.json`` of a checkpoint directory."""
-    path = Path(path)
+    path = resolve_checkpoint(path)
     file = path / POLICY_FILE
     if not path.is_dir():
         raise FileNotFoundError(f"policy checkpoint not found: {path} is not a directory")
@@ -139,7 +159,9 @@ def as_dict(obs: Observation) -> dict[str, np.ndarray]:
 
 
 def load_policy(path: str | Path, device: str = "cpu") -> Policy:
-    """Load any policy from its checkpoint directory, without the config of the run that made it."""
+    """Load any policy from its checkpoint directory (or ``pretrained:<name>``), without the
+    config of the run that made it."""
+    path = resolve_checkpoint(path)
     meta = read_policy_file(path)
     module_name, _, qualname = meta["class"].partition(":")
     try:

@@ -69,3 +69,12 @@ def test_load_errors_name_the_path(tmp_path):
     (bad / POLICY_FILE).write_text(json.dumps({"format_version": 99, "class": "x:y"}))
     with pytest.raises(ValueError, match="version"):
         load_policy(bad)
+
+
+def test_pretrained_names_a_shipped_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr("robolearn.policy.PRETRAINED_DIR", tmp_path)
+    GoToGoal(gain=1.5).save(tmp_path / "toy")
+    loaded = load_policy("pretrained:toy")
+    assert isinstance(loaded, GoToGoal) and loaded.gain == 1.5
+    with pytest.raises(FileNotFoundError, match="no pretrained policy 'nope'; shipped: toy"):
+        load_policy("pretrained:nope")
