@@ -31,21 +31,17 @@ message of each topic logged at or before the action" is exactly what the policy
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 from hw.joints import JointNameMap, MissingJointsError
-from hw.recorder import TopicRecorder
-from hw.recorder import now_ns as recorder_now_ns
-from hw.ros import RosRuntime, command_qos, seconds_to_duration, sensor_qos, stamp_to_ns
+from hw.ros import command_qos, seconds_to_duration, stamp_to_ns
+from hw.ros_env import RosEnv, Sample, as_config
 from hw.safety import ArmSafety, ArmSafetyConfig
 from robolearn.robots.panda import (
     FINGER_JOINT_NAMES,
@@ -64,8 +60,6 @@ from sims.arm.env import (
     action_space,
     observation_space,
 )
-
-logger = logging.getLogger("hw.arm_env")
 
 #: Task name -> the simulated env class whose spaces, reward and success the task shares.
 TASKS: dict[str, type[ArmEnv]] = {
@@ -100,16 +94,7 @@ class ArmTopics:
     goal_pose: str = "/goal_pose"
 
 
-@dataclasses.dataclass
-class _Sample:
-    """The newest message of a topic, decoded."""
-
-    value: Any
-    stamp_ns: int
-    received: float  # time.monotonic() at arrival
-
-
-class ROS2ArmEnv(gym.Env):
+class ROS2ArmEnv(RosEnv):
     """An arm task on a ROS 2 robot (or the stand-in hardware node, :mod:`hw.standin_arm`).
 
     Args:
@@ -172,196 +157,110 @@ class ROS2ArmEnv(gym.Env):
             raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
         if controller not in CONTROLLERS:
             raise ValueError(f"controller must be one of {sorted(CONTROLLERS)}, got {controller!r}")
-        if reset_timeout <= 0 or home_duration < 0 or home_tolerance <= 0:
-            raise ValueError(
-                "reset_timeout and home_tolerance must be positive and home_duration >= 0"
-            )
-        if control_hz is not None and not (math.isfinite(control_hz) and control_hz > 0):
-            raise ValueError(f"control_hz must be a positive number, got {control_hz!r}")
-        if isinstance(topics, Mapping):
-            topics = ArmTopics(**topics)
-        if isinstance(safety, Mapping):
-            safety = ArmSafetyConfig(**_tuples(safety))
+        if home_duration < 0 or home_tolerance <= 0:
+            raise ValueError("home_tolerance must be positive and home_duration >= 0")
+        self.topics = as_config(ArmTopics, topics)
+        super().__init__(
+            PANDA_YAW_SPEC if use_yaw else PANDA_SPEC,
+            control_hz=control_hz,
+            reset_timeout=reset_timeout,
+            scene_reset_node=scene_reset_node,
+            pacing_topic=self.topics.joint_states,
+            sync_to_pacing_topic=sync_to_joint_states,
+        )
         self.task = task
         self.task_class = TASKS[task]
         self.controller = controller
-        self.topics = topics or ArmTopics()
         self.command_topic = self.topics.command or CONTROLLERS[controller]
-        self.scene_reset_node = scene_reset_node
-        self.reset_timeout = float(reset_timeout)
         self.home_duration = float(home_duration)
         self.home_tolerance = float(home_tolerance)
         self.pose_frames = tuple(pose_frames)
         self.terminate_on_success = terminate_on_success
-        spec = PANDA_YAW_SPEC if use_yaw else PANDA_SPEC
-        if control_hz is not None:
-            spec = dataclasses.replace(spec, control_hz=float(control_hz))
-            self.metadata = {**self.metadata, "render_fps": int(round(control_hz))}
-        self.robot_spec = spec
-        self.dt = spec.dt
         self.sync_to_joint_states = sync_to_joint_states
         self.ik = ArmIK(use_yaw=use_yaw)
-        self.safety = ArmSafety(safety or ArmSafetyConfig(), self.ik, log_path=safety_log)
+        self.safety = ArmSafety(as_config(ArmSafetyConfig, safety), self.ik, log_path=safety_log)
         self.has_object = self.task_class.has_object
         self.observation_space = observation_space(self.has_object)
         self.action_space = action_space(use_yaw)
-
         self._joint_map = JointNameMap(JOINT_NAMES + FINGER_JOINT_NAMES)
-        self._lock = threading.Lock()
-        # Notified on each accepted joint state (sync_to_joint_states waits on it).
-        self._joints_arrived = threading.Condition(self._lock)
-        self._pub_lock = threading.Lock()
-        self._latest: dict[str, _Sample] = {}
-        self._problems: dict[str, str] = {}  # topic -> why its last message was dropped
         self._aborted: str | None = None
-        self._events_seen = 0  # safety events already reported in an info
-        self._next_tick = 0.0
-        self._joints_stamp_ns = 0  # header stamp of the current observation's joint state
-        self._recorder: TopicRecorder | None = None
-        self._snapshot_ns = 0  # log time of the last snapshot
-        self._obs_ns = 0  # log time of the snapshot the current observation came from
-        self._episode: dict[str, Any] | None = None  # the open episode's end event, if recording
-
-        self._ros = RosRuntime(domain_id)
-        try:
-            self._setup_node(node_name)
-        except BaseException:
-            self._ros.close()
-            raise
+        self._start_node(node_name, domain_id)
 
     # --- ROS wiring -------------------------------------------------------------------------
 
-    def _setup_node(self, node_name: str) -> None:
-        from geometry_msgs.msg import PoseStamped
-        from rclpy.serialization import deserialize_message
-        from sensor_msgs.msg import JointState
+    def _command_type(self) -> type:
         from std_msgs.msg import Float64MultiArray
-        from std_srvs.srv import Trigger
         from trajectory_msgs.msg import JointTrajectory
 
-        node = self._ros.create_node(node_name)
-        self.node = node
+        return JointTrajectory if self.controller == "joint_trajectory" else Float64MultiArray
+
+    def _setup_topics(self, node: Any) -> None:
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float64MultiArray
+
         topics = self.topics
-        # Raw subscriptions, deserialized here: the recorder keeps the exact wire bytes (a
-        # re-serialized message differs from them in its CDR padding bytes).
-        node.create_subscription(
-            JointState,
-            topics.joint_states,
-            lambda data: self._on_joints(deserialize_message(data, JointState), data),
-            sensor_qos(),
-            raw=True,
-        )
+        self._subscribe(JointState, topics.joint_states, self._on_joints)
         # The watchdog watches the measurements; the goal may legitimately be published slowly.
         self._watched_topics = [topics.joint_states]
         self._pose_topics = [topics.goal_pose]
         if self.has_object:
             self._pose_topics.append(topics.object_pose)
             self._watched_topics.append(topics.object_pose)
+        self._required_topics = [topics.joint_states, *self._pose_topics]
         for topic in self._pose_topics:
-            node.create_subscription(
-                PoseStamped,
-                topic,
-                lambda data, t=topic: self._on_pose(
-                    t, deserialize_message(data, PoseStamped), data
-                ),
-                sensor_qos(),
-                raw=True,
+            self._subscribe(
+                PoseStamped, topic, lambda msg, data, t=topic: self._on_pose(t, msg, data)
             )
-        command_type = (
-            JointTrajectory if self.controller == "joint_trajectory" else Float64MultiArray
+        self._command_pub = node.create_publisher(
+            self._command_type(), self.command_topic, command_qos()
         )
-        self._command_pub = node.create_publisher(command_type, self.command_topic, command_qos())
         self._gripper_pub = None
         if topics.gripper_command is not None:
             self._gripper_pub = node.create_publisher(
                 Float64MultiArray, topics.gripper_command, command_qos()
             )
-        node.create_service(Trigger, "~/estop", self._on_estop)
-        node.create_service(Trigger, "~/clear_estop", self._on_clear_estop)
-        self._reset_client = self._params_client = None
-        if self.scene_reset_node is not None:
-            from rcl_interfaces.srv import SetParameters
 
-            base = self.scene_reset_node.rstrip("/")
-            self._reset_client = node.create_client(Trigger, f"{base}/reset")
-            self._params_client = node.create_client(SetParameters, f"{base}/set_parameters")
-
-    def attach_recorder(self, recorder: TopicRecorder) -> None:
-        """Record this env's raw topics, commands, actions, episodes and safety events."""
+    def _recorded_topics(self) -> list[tuple[str, type]]:
         from geometry_msgs.msg import PoseStamped
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
-        from trajectory_msgs.msg import JointTrajectory
 
-        recorder.add_topic(self.topics.joint_states, JointState)
-        for topic in self._pose_topics:
-            recorder.add_topic(topic, PoseStamped)
-        command_type = (
-            JointTrajectory if self.controller == "joint_trajectory" else Float64MultiArray
-        )
-        recorder.add_topic(self.command_topic, command_type)
+        recorded = [(self.topics.joint_states, JointState)]
+        recorded += [(topic, PoseStamped) for topic in self._pose_topics]
+        recorded.append((self.command_topic, self._command_type()))
         if self.topics.gripper_command is not None:
-            recorder.add_topic(self.topics.gripper_command, Float64MultiArray)
-        self._recorder = recorder
+            recorded.append((self.topics.gripper_command, Float64MultiArray))
+        return recorded
 
     def _on_joints(self, msg: Any, data: bytes) -> None:
         topic = self.topics.joint_states
         try:
             positions = self._joint_map.pick(msg.name, msg.position)
         except (MissingJointsError, ValueError) as err:
-            self._drop(topic, str(err))
-            self._record(topic, data, recorder_now_ns())
+            self._drop(topic, str(err), data)
             return
-        sample = _Sample(positions, stamp_to_ns(msg.header.stamp), time.monotonic())
-        with self._lock:
-            log_ns = recorder_now_ns()
-            self._latest[topic] = sample
-            self._joints_arrived.notify_all()
-        self._record(topic, data, log_ns)
-
-    def _record(self, topic: str, data: bytes, log_ns: int) -> None:
-        # Written outside the sample lock: the bag sorts by log time, so order does not matter.
-        if self._recorder is not None:
-            self._recorder.write(topic, data, log_ns)
+        self._accept(
+            topic, Sample(positions, stamp_to_ns(msg.header.stamp), time.monotonic()), data
+        )
 
     def _on_pose(self, topic: str, msg: Any, data: bytes) -> None:
         frame = msg.header.frame_id
         if frame and frame not in self.pose_frames:
-            self._drop(topic, f"frame {frame!r} is not one of {list(self.pose_frames)}")
-            self._record(topic, data, recorder_now_ns())
+            self._drop(topic, f"frame {frame!r} is not one of {list(self.pose_frames)}", data)
             return
         p = msg.pose.position
-        sample = _Sample(np.array([p.x, p.y, p.z]), stamp_to_ns(msg.header.stamp), time.monotonic())
-        with self._lock:
-            log_ns = recorder_now_ns()
-            self._latest[topic] = sample
-        self._record(topic, data, log_ns)
+        sample = Sample(np.array([p.x, p.y, p.z]), stamp_to_ns(msg.header.stamp), time.monotonic())
+        self._accept(topic, sample, data)
 
-    def _drop(self, topic: str, why: str) -> None:
-        with self._lock:
-            first = self._problems.get(topic) != why
-            self._problems[topic] = why
-        if first:  # once per distinct problem: a driver at 1 kHz would flood the log
-            logger.warning("dropping messages on %s: %s", topic, why)
-
-    def _on_estop(self, request: Any, response: Any) -> Any:
-        self.safety.trigger_estop(f"e-stop service {self.node.get_fully_qualified_name()}/estop")
+    def _engage_estop(self) -> str:
         self._hold()
-        response.success = True
-        response.message = "e-stop latched: the arm holds; call clear_estop to release it"
-        return response
-
-    def _on_clear_estop(self, request: Any, response: Any) -> Any:
-        self.safety.clear_estop()
-        response.success = True
-        response.message = "e-stop released"
-        return response
+        return "the arm holds"
 
     # --- commands ---------------------------------------------------------------------------
 
     def _send(self, q_target: np.ndarray, opening: float | None) -> None:
         """Publish arm joint targets (reached in one control period) and a finger opening."""
-        from rclpy.serialization import serialize_message
         from std_msgs.msg import Float64MultiArray
 
         positions = [float(x) for x in q_target]
@@ -381,20 +280,12 @@ class ROS2ArmEnv(gym.Env):
             )
         else:
             msg = Float64MultiArray(data=positions)
-        # Published serialized when recording, so the bag holds the very bytes on the wire.
-        recording = self._recorder is not None
         with self._pub_lock:
-            data = serialize_message(msg) if recording else msg
-            self._command_pub.publish(data)
-            if recording:
-                self._record(self.command_topic, data, recorder_now_ns())
+            self._publish(self._command_pub, self.command_topic, msg)
             if opening is not None and self._gripper_pub is not None:
                 half = 0.5 * float(np.clip(opening, 0.0, GRIPPER_MAX_OPENING))
                 fingers = Float64MultiArray(data=[half, half])
-                data = serialize_message(fingers) if recording else fingers
-                self._gripper_pub.publish(data)
-                if recording:
-                    self._record(self.topics.gripper_command, data, recorder_now_ns())
+                self._publish(self._gripper_pub, self.topics.gripper_command, fingers)
 
     def _hold(self) -> None:
         """Command the arm to stay where it was last measured (the gripper keeps its command)."""
@@ -403,17 +294,30 @@ class ROS2ArmEnv(gym.Env):
         if sample is not None:
             self._send(sample.value[:7], None)
 
+    def _command(self, action: np.ndarray) -> str | None:
+        """Check the action and publish its command, or hold; an abort reason or ``None``."""
+        safety = self.safety
+        if safety.estop_reason is not None:
+            self._hold()
+            return f"estop: {safety.estop_reason}"
+        act = safety.check_action(action)
+        if act is None:
+            self._hold()
+            if safety.config.abort_on_invalid_action:
+                return "invalid_action: the policy produced a misshaped or non-finite action"
+            return None
+        q_now = self._snapshot()[self.topics.joint_states].value[:7]
+        q_target, opening = self.ik.action_to_targets(q_now, act)
+        bounded = safety.bound_targets(q_now, q_target)
+        if bounded is None:
+            self._hold()
+        else:
+            self._send(bounded, opening)
+        return None
+
     # --- observations -----------------------------------------------------------------------
 
-    def _required_topics(self) -> list[str]:
-        return [self.topics.joint_states, *self._pose_topics]
-
-    def _snapshot(self) -> dict[str, _Sample]:
-        with self._lock:
-            self._snapshot_ns = recorder_now_ns()
-            return dict(self._latest)
-
-    def _observe(self, samples: Mapping[str, _Sample]) -> dict[str, np.ndarray]:
+    def _observe(self, samples: Mapping[str, Sample]) -> dict[str, np.ndarray]:
         joints = samples[self.topics.joint_states].value
         q = joints[:7]
         obs = {
@@ -426,43 +330,10 @@ class ROS2ArmEnv(gym.Env):
         obs["goal_pos"] = samples[self.topics.goal_pose].value.astype(np.float32)
         return obs
 
-    def _ages(self, samples: Mapping[str, _Sample]) -> list[tuple[str, float]]:
-        """Seconds since each required topic last delivered (inf if it never did)."""
-        now = time.monotonic()
-        return [
-            (topic, now - samples[topic].received if topic in samples else math.inf)
-            for topic in self._watched_topics
-        ]
-
-    def _info(self, samples: Mapping[str, _Sample], obs: Mapping[str, np.ndarray]) -> dict:
+    def _info(self, samples: Mapping[str, Sample], success: bool) -> dict[str, Any]:
         stamp = samples[self.topics.joint_states].stamp_ns
         now = self.node.get_clock().now().nanoseconds
-        _, success = self.task_class.evaluate(obs)
         return {"success": success, "stamp_ns": stamp, "obs_latency": (now - stamp) * 1e-9}
-
-    def _wait_fresh(self, since: float, since_stamp_ns: int, deadline: float) -> dict:
-        """Wait until every required topic delivered after ``since`` (monotonic) with a stamp
-        no older than ``since_stamp_ns``; the snapshot, or TimeoutError naming what is missing."""
-        while True:
-            samples = self._snapshot()
-            missing = [
-                topic
-                for topic in self._required_topics()
-                if topic not in samples
-                or samples[topic].received <= since
-                or samples[topic].stamp_ns < since_stamp_ns
-            ]
-            if not missing:
-                return samples
-            if time.monotonic() > deadline:
-                with self._lock:
-                    problems = {t: self._problems[t] for t in missing if t in self._problems}
-                why = "".join(f"; {t}: {p}" for t, p in problems.items())
-                raise TimeoutError(
-                    f"no fresh message on {missing} within {self.reset_timeout:g} s of reset "
-                    f"(is the driver running, in ROS_DOMAIN_ID {self._ros.domain_id}?){why}"
-                )
-            time.sleep(0.005)
 
     # --- gymnasium API ----------------------------------------------------------------------
 
@@ -470,78 +341,32 @@ class ROS2ArmEnv(gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        reason = self.safety.estop_reason
-        if reason is not None:
-            raise RuntimeError(
-                f"e-stop is latched ({reason}); call "
-                f"{self.node.get_fully_qualified_name()}/clear_estop to release it"
-            )
+        self._check_estop_released()
         self._end_recorded_episode()
         self._aborted = None
         started = time.monotonic()
         deadline = started + self.reset_timeout
-        self._wait_for_controllers(deadline)
-        since_stamp = 0
-        if self.scene_reset_node is not None:
-            self._reset_scene(seed)
-            # Messages stamped before the reset returned may describe the previous episode.
-            since_stamp = self.node.get_clock().now().nanoseconds
-        else:
-            self._go_home(deadline + self.home_duration)
-        samples = self._wait_fresh(started, since_stamp, deadline + self.home_duration)
-        self._obs_ns = self._snapshot_ns
-        self._record_safety_events()  # those of the move home
-        self.safety.start_episode()
-        self._events_seen = len(self.safety.events)
-        self._next_tick = time.monotonic()
-        self._joints_stamp_ns = samples[self.topics.joint_states].stamp_ns
-        obs = self._observe(samples)
-        info = self._info(samples, obs)
-        info["overrun"] = False
-        info["safety_events"] = []
-        if self._recorder is not None:
-            self._recorder.episode({"event": "start", "seed": seed}, self._obs_ns)
-            self._episode = {"event": "end", "seed": seed, "success": info["success"], "steps": 0}
-        return obs, info
-
-    def _wait_for_controllers(self, deadline: float) -> None:
-        """Wait until the command topics have subscribers: commands sent before the controller
-        is matched are lost (and a missing controller would leave the arm uncommanded)."""
         publishers = [(self._command_pub, self.command_topic)]
         if self._gripper_pub is not None:
             publishers.append((self._gripper_pub, self.topics.gripper_command))
-        while True:
-            unmatched = [topic for pub, topic in publishers if pub.get_subscription_count() == 0]
-            if not unmatched:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"nobody subscribes to {unmatched} within {self.reset_timeout:g} s: are the "
-                    f"controllers active (ros2 control list_controllers), in ROS_DOMAIN_ID "
-                    f"{self._ros.domain_id}?"
-                )
-            time.sleep(0.01)
-
-    def _reset_scene(self, seed: int | None) -> None:
-        """Ask the scene reset node for a new episode (seeded when ``seed`` is given)."""
-        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-        from rcl_interfaces.srv import SetParameters
-        from std_srvs.srv import Trigger
-
-        node = self.scene_reset_node
-        if seed is not None:
-            value = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=int(seed))
-            request = SetParameters.Request(parameters=[Parameter(name="seed", value=value)])
-            response = self._ros.call(
-                self._params_client, request, self.reset_timeout, f"setting {node} seed"
-            )
-            if not response.results[0].successful:
-                raise RuntimeError(f"{node} refused seed={seed}: {response.results[0].reason}")
-        response = self._ros.call(
-            self._reset_client, Trigger.Request(), self.reset_timeout, f"{node}/reset"
+        # A missing controller would leave the arm uncommanded.
+        self._wait_for_subscribers(
+            publishers,
+            deadline,
+            "are the controllers active (ros2 control list_controllers)",
         )
-        if not response.success:
-            raise RuntimeError(f"{node}/reset failed: {response.message}")
+        since_stamp = 0
+        if self.scene_reset_node is not None:
+            since_stamp = self._reset_scene({} if seed is None else {"seed": int(seed)})
+        else:
+            self._go_home(deadline + self.home_duration)
+        samples = self._wait_fresh(started, since_stamp, deadline + self.home_duration)
+        self._use_observation(samples)
+        self._start_safety_episode()  # after the events of the move home
+        obs = self._observe(samples)
+        info = self._info(samples, self.task_class.evaluate(obs)[1])
+        self._open_episode(info, seed)
+        return obs, info
 
     def _go_home(self, deadline: float) -> None:
         """Drive the arm to the home posture at the control rate and open the gripper."""
@@ -578,115 +403,19 @@ class ROS2ArmEnv(gym.Env):
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._aborted is not None:
             raise RuntimeError(f"the episode was aborted ({self._aborted}); call reset()")
-        safety = self.safety
-        if self._recorder is not None:
-            self._recorder.action(action, self._obs_ns)
+        self._record_action(action)
         abort = self._command(action)
-        if self.sync_to_joint_states:
-            overrun = self._wait_for_next_joints()
-        else:
-            # Fixed rate: sleep to the next tick; after an overrun restart the schedule from
-            # now rather than firing a burst of late steps.
-            self._next_tick += self.dt
-            delay = self._next_tick - time.monotonic()
-            overrun = delay < 0
-            if overrun:
-                self._next_tick = time.monotonic()
-            else:
-                time.sleep(delay)
+        overrun = self._wait_for_tick()
         samples = self._snapshot()
-        self._joints_stamp_ns = samples[self.topics.joint_states].stamp_ns
-        self._obs_ns = self._snapshot_ns
-        if abort is None and safety.estop_reason is not None:
-            abort = f"estop: {safety.estop_reason}"
+        self._use_observation(samples)
         if abort is None:
-            abort = safety.check_fresh(self._ages(samples))
+            abort = self._safety_abort(samples)
         if abort is not None:
             self._hold()
             self._aborted = abort
         obs = self._observe(samples)
         reward, success = self.task_class.evaluate(obs)
-        info = self._info(samples, obs)
-        info["overrun"] = overrun
-        info["safety_events"] = self._record_safety_events()
-        if abort is not None:
-            info["abort_reason"] = abort
-        safety.step_index += 1
         terminated = bool(success and self.terminate_on_success and abort is None)
-        if self._episode is not None:
-            episode = self._episode
-            episode["steps"] += 1
-            episode["success"] = bool(episode["success"] or success)
-            episode.update(
-                terminated=terminated, abort_reason=abort or "", final_reward=float(reward)
-            )
-            if terminated or abort is not None:
-                self._end_recorded_episode()
+        info = self._info(samples, success)
+        self._finish_step(info, overrun=overrun, abort=abort, terminated=terminated, reward=reward)
         return obs, float(reward), terminated, abort is not None, info
-
-    def _wait_for_next_joints(self) -> bool:
-        """Wait for the first joint state stamped half a control period or more after the
-        current observation's (at most the watchdog timeout, which then judges the stale one);
-        whether it had already arrived (the loop is late)."""
-        earliest = self._joints_stamp_ns + round(0.5e9 * self.dt)
-        topic = self.topics.joint_states
-
-        def arrived() -> bool:
-            sample = self._latest.get(topic)
-            return sample is not None and sample.stamp_ns >= earliest
-
-        with self._joints_arrived:
-            late = arrived()
-            self._joints_arrived.wait_for(arrived, self.safety.config.watchdog_timeout)
-        return late
-
-    def _record_safety_events(self) -> list[dict[str, Any]]:
-        """The safety events since the last call, as dicts, recorded on the safety topic."""
-        events = [e.to_dict() for e in self.safety.events_since(self._events_seen)]
-        self._events_seen += len(events)
-        if self._recorder is not None:
-            for event in events:
-                self._recorder.safety(event, round(event["wall_time"] * 1e9))
-        return events
-
-    def _end_recorded_episode(self) -> None:
-        """Record the open episode's end, logged at its last observation's snapshot time; a
-        time limit outside the env ends episodes silently, so reset and close call this too."""
-        if self._recorder is not None and self._episode is not None:
-            self._recorder.episode(self._episode, self._obs_ns)
-            self._recorder.flush()  # a finished episode survives a kill
-        self._episode = None
-
-    def _command(self, action: np.ndarray) -> str | None:
-        """Check the action and publish its command, or hold; an abort reason or ``None``."""
-        safety = self.safety
-        if safety.estop_reason is not None:
-            self._hold()
-            return f"estop: {safety.estop_reason}"
-        act = safety.check_action(action)
-        if act is None:
-            self._hold()
-            if safety.config.abort_on_invalid_action:
-                return "invalid_action: the policy produced a misshaped or non-finite action"
-            return None
-        q_now = self._snapshot()[self.topics.joint_states].value[:7]
-        q_target, opening = self.ik.action_to_targets(q_now, act)
-        bounded = safety.bound_targets(q_now, q_target)
-        if bounded is None:
-            self._hold()
-        else:
-            self._send(bounded, opening)
-        return None
-
-    def close(self) -> None:
-        """Shut this env's ROS node down (the arm keeps its last command) and close the bag
-        of an attached recorder."""
-        self._end_recorded_episode()
-        self._ros.close()
-        if self._recorder is not None:
-            self._recorder.close()
-
-
-def _tuples(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """Config lists (YAML has no tuples) as tuples, for frozen dataclasses."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in mapping.items()}

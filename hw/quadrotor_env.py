@@ -41,9 +41,7 @@ next reset, the vehicle keeps its last command.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,9 +59,8 @@ from hw.frames import (
     quat_to_rotation,
     reorder,
 )
-from hw.recorder import TopicRecorder
-from hw.recorder import now_ns as recorder_now_ns
-from hw.ros import RosRuntime, command_qos, sensor_qos, stamp_to_ns
+from hw.ros import command_qos, stamp_to_ns
+from hw.ros_env import RosEnv, Sample, as_config
 from hw.safety import QuadrotorSafety, QuadrotorSafetyConfig
 from robolearn.robots.quadrotor import (
     CLIP_POSITION,
@@ -72,8 +69,6 @@ from robolearn.robots.quadrotor import (
     QUADROTOR_SPEC,
     raptor_observation,
 )
-
-logger = logging.getLogger("hw.quadrotor_env")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,17 +84,7 @@ class QuadrotorTopics:
     command: str = "/motor_commands"
 
 
-@dataclasses.dataclass
-class _Sample:
-    """The newest odometry: ``value`` is ``[p, q (w, x, y, z), v, omega]`` in ENU/FLU, with the
-    velocity in the world frame."""
-
-    value: np.ndarray
-    stamp_ns: int
-    received: float  # time.monotonic() at arrival
-
-
-class ROS2QuadrotorEnv(gym.Env):
+class ROS2QuadrotorEnv(RosEnv):
     """A quadrotor on ROS 2 (or the stand-in hardware node, :mod:`hw.standin_quadrotor`).
 
     Args:
@@ -161,36 +146,26 @@ class ROS2QuadrotorEnv(gym.Env):
         self.frame = check_convention(frame)
         if command_order not in MOTOR_ORDERS:
             raise ValueError(f"command_order must be one of {MOTOR_ORDERS}, got {command_order!r}")
-        if not reset_timeout > 0:
-            raise ValueError(f"reset_timeout must be positive, got {reset_timeout!r}")
-        if control_hz is not None and not (math.isfinite(control_hz) and control_hz > 0):
-            raise ValueError(f"control_hz must be a positive number, got {control_hz!r}")
         self.target = _position(target, "target")
-        if isinstance(topics, Mapping):
-            topics = QuadrotorTopics(**topics)
-        if isinstance(safety, Mapping):
-            safety = QuadrotorSafetyConfig(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in safety.items()}
-            )
+        self.topics = as_config(QuadrotorTopics, topics)
+        super().__init__(
+            QUADROTOR_SPEC,
+            control_hz=control_hz,
+            reset_timeout=reset_timeout,
+            scene_reset_node=scene_reset_node,
+            pacing_topic=self.topics.odometry,
+            sync_to_pacing_topic=sync_to_odometry,
+        )
         self.vehicle = vehicle
         self.twist_in_body = bool(twist_in_body)
         self.command_order = command_order
-        self.topics = topics or QuadrotorTopics()
-        self.scene_reset_node = scene_reset_node
-        self.reset_timeout = float(reset_timeout)
         self.sync_to_odometry = sync_to_odometry
         self.clip_observation = clip_observation
         self.terminate_on_velocity = terminate_on_velocity
-        spec = QUADROTOR_SPEC
-        if control_hz is not None:
-            spec = dataclasses.replace(spec, control_hz=float(control_hz))
-            self.metadata = {**self.metadata, "render_fps": int(round(control_hz))}
-        self.robot_spec = spec
-        self.dt = spec.dt
         numbers = Vehicle.from_preset(vehicle)
         arm = float(np.max(np.linalg.norm(numbers.rotor_positions[:, :2], axis=1)))
         self._max_position = TERMINATION_ARMS * arm
-        config = safety or QuadrotorSafetyConfig()
+        config = as_config(QuadrotorSafetyConfig, safety)
         self.safety = QuadrotorSafety(
             config, numbers.setpoint_for_thrust(config.land_thrust), log_path=safety_log
         )
@@ -198,74 +173,33 @@ class ROS2QuadrotorEnv(gym.Env):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (OBSERVATION_DIM,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
 
-        self._lock = threading.Lock()
-        self._odometry_arrived = threading.Condition(self._lock)
-        self._pub_lock = threading.Lock()
-        self._latest: _Sample | None = None
-        self._problem: str | None = None  # why the last odometry was dropped
         self._ended: str | None = None  # why the episode ended (abort reason or "terminated")
         self._safe_since: float | None = None  # monotonic start of the safe command stream
-        self._events_seen = 0
-        self._next_tick = 0.0
-        self._stamp_ns = 0  # header stamp of the current observation's odometry
         self._episode_target = self.target.copy()
         self._prev_action = np.zeros(4, dtype=np.float32)
         self._last_setpoint = np.zeros(4)
-        self._recorder: TopicRecorder | None = None
-        self._snapshot_ns = 0
-        self._obs_ns = 0
-        self._episode: dict[str, Any] | None = None
-        self._closed = False
-
-        self._ros = RosRuntime(domain_id)
-        try:
-            self._setup_node(node_name)
-        except BaseException:
-            self._ros.close()
-            raise
+        self._start_node(node_name, domain_id)
 
     # --- ROS wiring -------------------------------------------------------------------------
 
-    def _setup_node(self, node_name: str) -> None:
+    def _setup_topics(self, node: Any) -> None:
         from nav_msgs.msg import Odometry
-        from rclpy.serialization import deserialize_message
         from std_msgs.msg import Float32MultiArray
-        from std_srvs.srv import Trigger
 
-        node = self._ros.create_node(node_name)
-        self.node = node
-        # Raw subscription: the recorder keeps the exact wire bytes.
-        node.create_subscription(
-            Odometry,
-            self.topics.odometry,
-            lambda data: self._on_odometry(deserialize_message(data, Odometry), data),
-            sensor_qos(),
-            raw=True,
-        )
+        self._subscribe(Odometry, self.topics.odometry, self._on_odometry)
+        self._required_topics = self._watched_topics = [self.topics.odometry]
         self._command_pub = node.create_publisher(
             Float32MultiArray, self.topics.command, command_qos()
         )
-        node.create_service(Trigger, "~/estop", self._on_estop)
-        node.create_service(Trigger, "~/clear_estop", self._on_clear_estop)
         # Streams the safe command while one is engaged (PX4 drops out of offboard without a
         # steady stream, and a held last policy command is not safe).
         node.create_timer(self.dt, self._publish_safe)
-        self._reset_client = self._params_client = None
-        if self.scene_reset_node is not None:
-            from rcl_interfaces.srv import SetParameters
 
-            base = self.scene_reset_node.rstrip("/")
-            self._reset_client = node.create_client(Trigger, f"{base}/reset")
-            self._params_client = node.create_client(SetParameters, f"{base}/set_parameters")
-
-    def attach_recorder(self, recorder: TopicRecorder) -> None:
-        """Record this env's odometry, motor commands, actions, episodes and safety events."""
+    def _recorded_topics(self) -> list[tuple[str, type]]:
         from nav_msgs.msg import Odometry
         from std_msgs.msg import Float32MultiArray
 
-        recorder.add_topic(self.topics.odometry, Odometry)
-        recorder.add_topic(self.topics.command, Float32MultiArray)
-        self._recorder = recorder
+        return [(self.topics.odometry, Odometry), (self.topics.command, Float32MultiArray)]
 
     def _on_odometry(self, msg: Any, data: bytes) -> None:
         pose, twist = msg.pose.pose, msg.twist.twist
@@ -287,53 +221,27 @@ class ROS2QuadrotorEnv(gym.Env):
                 twist.angular.z,
             ]
         )
-        problem = None
         if not np.all(np.isfinite(raw)):
-            problem = f"non-finite odometry {raw.round(3).tolist()}"
-        elif not np.linalg.norm(raw[3:7]) > 0.5:
-            problem = f"orientation {raw[3:7].tolist()} is not a unit quaternion"
-        log_ns = recorder_now_ns()
-        if problem is not None:
-            with self._lock:
-                if self._problem != problem:
-                    logger.warning("dropped a message on %s: %s", self.topics.odometry, problem)
-                self._problem = problem
-            self._record(self.topics.odometry, data, log_ns)
+            self._drop(self.topics.odometry, f"non-finite odometry {raw.round(3).tolist()}", data)
+            return
+        if not np.linalg.norm(raw[3:7]) > 0.5:
+            why = f"orientation {raw[3:7].tolist()} is not a unit quaternion"
+            self._drop(self.topics.odometry, why, data)
             return
         p, q, v, w = odometry_to_policy_frame(
             raw[0:3], raw[3:7], raw[7:10], raw[10:13], self.frame, self.twist_in_body
         )
-        sample = _Sample(
+        # The value: [p, q (w, x, y, z), v, omega] in ENU/FLU, the velocity in the world frame.
+        sample = Sample(
             np.concatenate([p, q / np.linalg.norm(q), v, w]),
             stamp_to_ns(msg.header.stamp),
             time.monotonic(),
         )
-        with self._lock:
-            # Log time under the lock that makes it the newest sample (see hw.arm_env).
-            self._record(self.topics.odometry, data, recorder_now_ns())
-            self._latest = sample
-            self._problem = None
-            self._odometry_arrived.notify_all()
+        self._accept(self.topics.odometry, sample, data)
 
-    def _record(self, topic: str, data: bytes, log_ns: int) -> None:
-        if self._recorder is not None:
-            self._recorder.write(topic, data, log_ns)
-
-    def _on_estop(self, request: Any, response: Any) -> Any:
-        self.safety.trigger_estop("e-stop service called")
+    def _engage_estop(self) -> str:
         self._engage_safe_command()
-        response.success = True
-        response.message = (
-            f"e-stop latched: safe command '{self.safety.config.safe_command}' engaged; "
-            "call clear_estop to release"
-        )
-        return response
-
-    def _on_clear_estop(self, request: Any, response: Any) -> Any:
-        self.safety.clear_estop()
-        response.success = True
-        response.message = "e-stop cleared"
-        return response
+        return f"safe command '{self.safety.config.safe_command}' engaged"
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -341,21 +249,16 @@ class ROS2QuadrotorEnv(gym.Env):
         """Publish motor setpoints (policy order, [0, 1]) in the configured order; policy
         commands only while no safe command is engaged (an e-stop from another thread wins over
         a step about to publish), safe commands only while one is."""
-        from rclpy.serialization import serialize_message
         from std_msgs.msg import Float32MultiArray
 
         values = reorder(np.clip(setpoint, 0.0, 1.0), self.command_order)
         msg = Float32MultiArray(data=[float(x) for x in values])
-        recording = self._recorder is not None
         with self._pub_lock:
             # A policy command after a safe command was engaged, or a safe command (from the
             # timer) after reset released it: neither may go out.
             if (self._safe_since is not None) == from_policy:
                 return
-            data = serialize_message(msg) if recording else msg
-            self._command_pub.publish(data)
-            if recording:
-                self._record(self.topics.command, data, recorder_now_ns())
+            self._publish(self._command_pub, self.topics.command, msg)
             self._last_setpoint = np.asarray(setpoint, dtype=np.float64)
 
     def _engage_safe_command(self) -> None:
@@ -391,12 +294,7 @@ class ROS2QuadrotorEnv(gym.Env):
 
     # --- observations -----------------------------------------------------------------------
 
-    def _snapshot(self) -> _Sample | None:
-        with self._lock:
-            self._snapshot_ns = recorder_now_ns()
-            return self._latest
-
-    def _observe(self, sample: _Sample) -> tuple[np.ndarray, np.ndarray]:
+    def _observe(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         """The 22-D observation and the position error (world ENU)."""
         p, q, v, w = np.split(sample.value, [3, 7, 10])
         p_err = p - self._episode_target
@@ -411,7 +309,7 @@ class ROS2QuadrotorEnv(gym.Env):
         )
         return obs.astype(np.float32), p_err
 
-    def _info(self, sample: _Sample, distance: float, terminated: bool) -> dict[str, Any]:
+    def _info(self, sample: Sample, distance: float, terminated: bool) -> dict[str, Any]:
         from sims.quadrotor.env import SUCCESS_DISTANCE
 
         now = self.node.get_clock().now().nanoseconds
@@ -422,22 +320,6 @@ class ROS2QuadrotorEnv(gym.Env):
             "obs_latency": (now - sample.stamp_ns) * 1e-9,
         }
 
-    def _wait_fresh(self, since: float, since_stamp_ns: int, deadline: float) -> _Sample:
-        """Wait for an odometry message received after ``since`` (monotonic) and stamped at or
-        after ``since_stamp_ns``; it, or TimeoutError saying what is wrong."""
-        while True:
-            sample = self._snapshot()
-            if sample is not None and sample.received > since and sample.stamp_ns >= since_stamp_ns:
-                return sample
-            if time.monotonic() > deadline:
-                why = f"; {self._problem}" if self._problem else ""
-                raise TimeoutError(
-                    f"no fresh message on ['{self.topics.odometry}'] within "
-                    f"{self.reset_timeout:g} s of reset (is the driver running, in "
-                    f"ROS_DOMAIN_ID {self._ros.domain_id}?){why}"
-                )
-            time.sleep(0.002)
-
     # --- gymnasium API ----------------------------------------------------------------------
 
     def reset(
@@ -447,30 +329,24 @@ class ROS2QuadrotorEnv(gym.Env):
         reset node, ``initial_state`` (17 numbers ``[p, q, v, omega_body, motors]``, ENU/FLU)."""
         super().reset(seed=seed)
         options = dict(options or {})
-        reason = self.safety.estop_reason
-        if reason is not None:
-            raise RuntimeError(
-                f"e-stop is latched ({reason}); call "
-                f"{self.node.get_fully_qualified_name()}/clear_estop to release it"
-            )
+        self._check_estop_released()
         self._end_recorded_episode()
         started = time.monotonic()
         deadline = started + self.reset_timeout
-        self._wait_for_driver(deadline)
+        self._wait_for_subscribers(
+            [(self._command_pub, self.topics.command)], deadline, "is the driver running"
+        )
         since_stamp = 0
         if self.scene_reset_node is not None:
-            self._reset_scene(seed, options.get("initial_state"))
-            # Messages stamped before the reset returned describe the previous episode.
-            since_stamp = self.node.get_clock().now().nanoseconds
+            since_stamp = self._reset_scene(_episode_parameters(seed, options.get("initial_state")))
         elif options.get("initial_state") is not None:
             raise ValueError("options['initial_state'] needs a scene reset node (the stand-in)")
-        sample = self._wait_fresh(started, since_stamp, deadline)
-        self._obs_ns = self._snapshot_ns
+        samples = self._wait_fresh(started, since_stamp, deadline)
+        self._use_observation(samples)
+        sample = samples[self.topics.odometry]
         self._episode_target = _position(options.get("target", self.target), "target")
         self._prev_action = np.zeros(4, dtype=np.float32)
-        self._record_safety_events()
-        self.safety.start_episode()
-        self._events_seen = len(self.safety.events)
+        self._start_safety_episode()
         position = sample.value[:3]
         if self.safety.check_position(position) is not None:
             self._record_safety_events()
@@ -478,97 +354,25 @@ class ROS2QuadrotorEnv(gym.Env):
         with self._pub_lock:
             self._safe_since = None  # a new episode: the policy commands again
         self._ended = None
-        self._next_tick = time.monotonic()
-        self._stamp_ns = sample.stamp_ns
         obs, p_err = self._observe(sample)
-        distance = float(np.linalg.norm(p_err))
-        info = self._info(sample, distance, terminated=False)
-        info["overrun"] = False
-        info["safety_events"] = []
-        if self._recorder is not None:
-            event = {"event": "start", "seed": seed, "target": self._episode_target.tolist()}
-            self._recorder.episode(event, self._obs_ns)
-            self._episode = {"event": "end", "seed": seed, "success": info["success"], "steps": 0}
+        info = self._info(sample, float(np.linalg.norm(p_err)), terminated=False)
+        self._open_episode(info, seed, target=self._episode_target.tolist())
         return obs, info
-
-    def _wait_for_driver(self, deadline: float) -> None:
-        """Wait until the command topic has a subscriber: commands sent before the driver is
-        matched are lost."""
-        while self._command_pub.get_subscription_count() == 0:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"nobody subscribes to ['{self.topics.command}'] within "
-                    f"{self.reset_timeout:g} s: is the driver running, in ROS_DOMAIN_ID "
-                    f"{self._ros.domain_id}?"
-                )
-            time.sleep(0.01)
-
-    def _reset_scene(self, seed: int | None, initial_state: Any) -> None:
-        """Ask the scene reset node for a new episode: from ``initial_state`` if given, else
-        from ``seed`` (a fresh draw when ``None``)."""
-        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-        from rcl_interfaces.srv import SetParameters
-        from std_srvs.srv import Trigger
-
-        node = self.scene_reset_node
-        parameters = []
-        if initial_state is not None:
-            state = np.asarray(initial_state, dtype=np.float64).reshape(-1)
-            if state.shape != (17,) or not np.all(np.isfinite(state)):
-                raise ValueError(f"initial_state must be 17 finite numbers, got {state.size}")
-            value = ParameterValue(
-                type=ParameterType.PARAMETER_DOUBLE_ARRAY, double_array_value=state.tolist()
-            )
-            parameters.append(Parameter(name="initial_state", value=value))
-        elif seed is not None:
-            value = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=int(seed))
-            parameters.append(Parameter(name="seed", value=value))
-        if parameters:
-            response = self._ros.call(
-                self._params_client,
-                SetParameters.Request(parameters=parameters),
-                self.reset_timeout,
-                f"setting {node} parameters",
-            )
-            for result in response.results:
-                if not result.successful:
-                    raise RuntimeError(f"{node} refused the episode parameters: {result.reason}")
-        response = self._ros.call(
-            self._reset_client, Trigger.Request(), self.reset_timeout, f"{node}/reset"
-        )
-        if not response.success:
-            raise RuntimeError(f"{node}/reset failed: {response.message}")
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._ended is not None:
             raise RuntimeError(f"the episode ended ({self._ended}); call reset()")
-        safety = self.safety
-        if self._recorder is not None:
-            self._recorder.action(action, self._obs_ns)
+        self._record_action(action)
         prev = np.clip(self._prev_action, -1.0, 1.0)
         abort = self._command(action)
-        if self.sync_to_odometry:
-            overrun = self._wait_for_next_odometry()
-        else:
-            # Fixed rate: sleep to the next tick; after an overrun restart the schedule from
-            # now rather than firing a burst of late steps.
-            self._next_tick += self.dt
-            delay = self._next_tick - time.monotonic()
-            overrun = delay < 0
-            if overrun:
-                self._next_tick = time.monotonic()
-            else:
-                time.sleep(delay)
-        sample = self._snapshot()
-        assert sample is not None  # reset waited for one
-        self._stamp_ns = sample.stamp_ns
-        self._obs_ns = self._snapshot_ns
-        if abort is None and safety.estop_reason is not None:
-            abort = f"estop: {safety.estop_reason}"
+        overrun = self._wait_for_tick()
+        samples = self._snapshot()
+        self._use_observation(samples)
+        sample = samples[self.topics.odometry]
         if abort is None:
-            abort = safety.check_fresh([(self.topics.odometry, time.monotonic() - sample.received)])
+            abort = self._safety_abort(samples)
         if abort is None:
-            abort = safety.check_position(sample.value[:3])
+            abort = self.safety.check_position(sample.value[:3])
         obs, p_err = self._observe(sample)
         d_action = float(np.linalg.norm(np.clip(self._prev_action, -1.0, 1.0) - prev))
         reward, terminated = teacher_reward(
@@ -580,72 +384,38 @@ class ROS2QuadrotorEnv(gym.Env):
             self._engage_safe_command()
             self._ended = abort or "terminated"
         info = self._info(sample, distance, terminated)
-        info["overrun"] = overrun
-        info["safety_events"] = self._record_safety_events()
-        if abort is not None:
-            info["abort_reason"] = abort
-        safety.step_index += 1
-        if self._episode is not None:
-            episode = self._episode
-            episode["steps"] += 1
-            episode["success"] = bool(episode["success"] or info["success"])
-            episode.update(
-                terminated=terminated,
-                abort_reason=abort or "",
-                final_reward=reward,
-                position_error=distance,
-            )
-            if terminated or abort is not None:
-                self._end_recorded_episode()
+        self._finish_step(
+            info,
+            overrun=overrun,
+            abort=abort,
+            terminated=terminated,
+            reward=reward,
+            position_error=distance,
+        )
         return obs, reward, terminated, abort is not None, info
 
-    def _wait_for_next_odometry(self) -> bool:
-        """Wait for the first odometry stamped half a control period or more after the current
-        observation's (at most the watchdog timeout, which then judges the stale one); whether
-        it had already arrived (the loop is late)."""
-        earliest = self._stamp_ns + round(0.5e9 * self.dt)
-
-        def arrived() -> bool:
-            return self._latest is not None and self._latest.stamp_ns >= earliest
-
-        with self._odometry_arrived:
-            late = arrived()
-            self._odometry_arrived.wait_for(arrived, self.safety.config.watchdog_timeout)
-        return late
-
-    def _record_safety_events(self) -> list[dict[str, Any]]:
-        """The safety events since the last call, as dicts, recorded on the safety topic."""
-        events = [e.to_dict() for e in self.safety.events_since(self._events_seen)]
-        self._events_seen += len(events)
-        if self._recorder is not None:
-            for event in events:
-                self._recorder.safety(event, round(event["wall_time"] * 1e9))
-        return events
-
-    def _end_recorded_episode(self) -> None:
-        """Record the open episode's end at its last observation's snapshot time."""
-        if self._recorder is not None and self._episode is not None:
-            self._recorder.episode(self._episode, self._obs_ns)
-            self._recorder.flush()  # a finished episode survives a kill
-        self._episode = None
-
     def close(self) -> None:
-        """Run the safe command to its end (``land`` takes ``land_duration``), shut this env's
-        ROS node down and close the bag of an attached recorder (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._end_recorded_episode()
-        if self._command_pub.get_subscription_count() > 0:
+        """Run the safe command to its end (``land`` takes ``land_duration``), then shut the
+        node down and close the bag of an attached recorder (idempotent)."""
+        if not self._closed and self._command_pub.get_subscription_count() > 0:
             self._engage_safe_command()
             config = self.safety.config
             if config.safe_command == "land":
                 # The executor's timer streams the descent; the last message cuts the motors.
                 time.sleep(max(0.0, self._safe_since + config.land_duration - time.monotonic()))
             self._publish_safe()
-        self._ros.close()
-        if self._recorder is not None:
-            self._recorder.close()
+        super().close()
+
+
+def _episode_parameters(seed: int | None, initial_state: Any) -> dict[str, Any]:
+    """The scene reset node's parameters of an episode: from ``initial_state`` if given, else
+    from ``seed`` (a fresh draw when ``None``)."""
+    if initial_state is not None:
+        state = np.asarray(initial_state, dtype=np.float64).reshape(-1)
+        if state.shape != (17,) or not np.all(np.isfinite(state)):
+            raise ValueError(f"initial_state must be 17 finite numbers, got {state.size}")
+        return {"initial_state": state.tolist()}
+    return {} if seed is None else {"seed": int(seed)}
 
 
 def teacher_reward(
