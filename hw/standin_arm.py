@@ -26,25 +26,17 @@ Run it on its own with ``python -m hw.standin_arm --task push`` (``--help`` for 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import heapq
-import itertools
-import json
-import logging
-import signal
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from hw.joints import JointNameMap, MissingJointsError
-from hw.ros import RosRuntime, ns_to_stamp, sensor_qos
+from hw.ros import ns_to_stamp, sensor_qos
+from hw.standin import StandIn, config_from_mapping, standin_main
 from robolearn.robots.panda import FINGER_JOINT_NAMES, GRIPPER_MAX_OPENING, JOINT_NAMES
-
-logger = logging.getLogger("hw.standin_arm")
 
 ALL_JOINTS = JOINT_NAMES + FINGER_JOINT_NAMES
 
@@ -117,70 +109,13 @@ class StandInArmConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> StandInArmConfig:
         """Build from a (YAML / JSON) mapping: lists become tuples; unknown keys raise."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown stand-in config keys {unknown}; known: {sorted(names)}")
-        return cls(
-            **{
-                k: tuple(v) if isinstance(v, list) else dict(v) if k == "physics" else v
-                for k, v in values.items()
-            }
-        )
+        return config_from_mapping(cls, values)
 
 
-class DelayLine:
-    """Runs callables after a delay, in submission order, on one thread (latency emulation)."""
-
-    def __init__(self, name: str) -> None:
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._counter = itertools.count()
-        self._last_due = 0.0
-        self._cond = threading.Condition()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, delay: float, fn: Callable[[], None]) -> None:
-        with self._cond:
-            # Never earlier than the previous item: a link delivers in order.
-            due = max(time.monotonic() + delay, self._last_due)
-            self._last_due = due
-            heapq.heappush(self._heap, (due, next(self._counter), fn))
-            self._cond.notify()
-
-    def clear(self) -> None:
-        """Drop everything not yet delivered."""
-        with self._cond:
-            self._heap.clear()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
-                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._cond.wait(timeout)
-                if self._stopped:
-                    return
-                _, _, fn = heapq.heappop(self._heap)
-            try:
-                fn()
-            except Exception:  # a failed publish must not kill the link
-                logger.exception("delayed call failed")
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        self._thread.join(timeout=1.0)
-
-
-class StandInArm:
-    """The stand-in arm node with its PyBullet scene, running in this process.
-
-    It owns a private ROS context (its own DDS participant, as a separate driver process would
-    be), a physics thread stepping the scene in real time at ``state_hz``, and a delay line for
-    latency. :func:`main` runs one as a process.
+class StandInArm(StandIn):
+    """The stand-in arm node with its PyBullet scene, running in this process (see
+    :class:`~hw.standin.StandIn`; the physics thread steps the scene at ``state_hz``).
+    :func:`main` runs one as a process.
 
     Args:
         config: A :class:`StandInArmConfig` or a mapping of its fields.
@@ -199,47 +134,23 @@ class StandInArm:
             config = StandInArmConfig()
         elif isinstance(config, Mapping):
             config = StandInArmConfig.from_mapping(config)
-        self.config = config
         self.task_class = TASKS[config.task]
         self.arm = PyBulletArm(self.task_class.has_object, ArmPhysics(**config.physics))
-        self._rng = np.random.default_rng(config.seed)
-        self._lock = threading.Lock()  # the scene, the setpoints and the trajectory
+        super().__init__(config, config.state_hz, "standin")
         self._order = list(config.joint_order or ALL_JOINTS)
         self._publish_index = np.array([ALL_JOINTS.index(n) for n in self._order])
         self._arm_map = JointNameMap(JOINT_NAMES)
+        self._substeps = max(1, round((1.0 / config.state_hz) / self.arm.physics.timestep))
         self._setpoint = np.zeros(7)
         self._opening = GRIPPER_MAX_OPENING
         # Active trajectory: (start time, start setpoint, [(time from start, positions)]).
         self._trajectory: tuple[float, np.ndarray, list[tuple[float, np.ndarray]]] | None = None
         self._goal = np.zeros(3)
-        self.episode_seed: int | None = None
-        self.commands_received = 0
-        self._running = threading.Event()
-
-        self._outbox = DelayLine("standin-outbox")
-        self._inbox = DelayLine("standin-inbox")
-        self._ros = RosRuntime(domain_id)
-        try:
-            # The scene is ready before the node exists: the executor spins from the moment the
-            # reset service does, and a client's reset must neither find the scene half made
-            # nor be overwritten by this initial one.
-            self._reset_scene(config.seed)
-            self._setup_node()
-            self._running.set()
-            self._physics = threading.Thread(
-                target=self._physics_loop, name="standin-physics", daemon=True
-            )
-            self._physics.start()
-        except BaseException:
-            self._ros.close()
-            self._outbox.stop()
-            self._inbox.stop()
-            self.arm.close()
-            raise
+        self._start(domain_id, lambda: self._reset_scene(config.seed))
 
     # --- ROS wiring -------------------------------------------------------------------------
 
-    def _setup_node(self) -> None:
+    def _setup_node(self, node: Any) -> None:
         from geometry_msgs.msg import PoseStamped
         from rclpy.qos import qos_profile_system_default
         from sensor_msgs.msg import JointState
@@ -248,8 +159,6 @@ class StandInArm:
         from trajectory_msgs.msg import JointTrajectory
 
         cfg = self.config
-        node = self._ros.create_node(cfg.node_name)
-        self.node = node
         node.declare_parameter("seed", -1)
         # The controllers' own QoS: SystemDefaults (reliable) for commands and joint states;
         # clients may subscribe best effort. Poses best effort, like a perception driver.
@@ -261,10 +170,6 @@ class StandInArm:
         node.create_subscription(Float64MultiArray, cfg.forward_topic, self._on_forward, qos)
         node.create_subscription(Float64MultiArray, cfg.gripper_topic, self._on_gripper, qos)
         node.create_service(Trigger, "~/reset", self._on_reset)
-
-    def _delayed(self, fn: Callable[[], None]) -> None:
-        self.commands_received += 1
-        self._inbox.submit(self.config.command_latency, fn)
 
     def _on_trajectory(self, msg: Any) -> None:
         try:
@@ -280,7 +185,7 @@ class StandInArm:
                 return
             t = point.time_from_start.sec + 1e-9 * point.time_from_start.nanosec
             points.append((t, np.asarray(point.positions, dtype=np.float64)[index]))
-        self._delayed(lambda: self._start_trajectory(points))
+        self._apply_later(lambda: self._start_trajectory(points))
 
     def _start_trajectory(self, points: list[tuple[float, np.ndarray]]) -> None:
         with self._lock:
@@ -292,7 +197,7 @@ class StandInArm:
             self.node.get_logger().error(f"command size {len(msg.data)} != 7 joints; ignored")
             return
         target = np.asarray(msg.data, dtype=np.float64)
-        self._delayed(lambda: self._set_setpoint(target))
+        self._apply_later(lambda: self._set_setpoint(target))
 
     def _set_setpoint(self, target: np.ndarray) -> None:
         with self._lock:
@@ -309,7 +214,7 @@ class StandInArm:
             with self._lock:
                 self._opening = opening
 
-        self._delayed(apply)
+        self._apply_later(apply)
 
     def _on_reset(self, request: Any, response: Any) -> Any:
         from rclpy.parameter import Parameter
@@ -363,44 +268,22 @@ class StandInArm:
         self._setpoint = prev_q.copy()
         self._trajectory = None
 
-    def _physics_loop(self) -> None:
-        period = 1.0 / self.config.state_hz
-        substeps = max(1, round(period / self.arm.physics.timestep))
-        tick = time.monotonic()
-        while self._running.is_set():
-            with self._lock:
-                if self._trajectory is not None:
-                    self._trajectory_setpoint(time.monotonic())
-                self.arm.set_targets(self._setpoint, self._opening)
-                self.arm.step(substeps)
-                q, v, effort = self.arm.joint_state()
-                block = self.arm.block_pose()[0] if self.arm.block is not None else None
-                goal = self._goal.copy()
-                # Stamped under the lock: a message stamped after a reset returned was
-                # measured after it (the env relies on this to skip the previous episode).
-                stamp_ns = self.node.get_clock().now().nanoseconds
-            self._publish(stamp_ns, q, v, effort, block, goal)
-            tick += period
-            delay = tick - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            elif delay < -0.1:  # fell far behind (a loaded machine): do not try to catch up
-                tick = time.monotonic()
+    def _step_physics(self) -> _Measurement:
+        if self._trajectory is not None:
+            self._trajectory_setpoint(time.monotonic())
+        self.arm.set_targets(self._setpoint, self._opening)
+        self.arm.step(self._substeps)
+        q, v, effort = self.arm.joint_state()
+        block = self.arm.block_pose()[0] if self.arm.block is not None else None
+        return _Measurement(q, v, effort, block, self._goal.copy())
 
-    def _publish(
-        self,
-        stamp_ns: int,
-        q: np.ndarray,
-        v: np.ndarray,
-        effort: np.ndarray,
-        block: np.ndarray | None,
-        goal: np.ndarray,
-    ) -> None:
+    def _publish(self, stamp_ns: int, measurement: _Measurement) -> None:
         """Queue the measurements' messages for delivery after the link latency."""
         from geometry_msgs.msg import PoseStamped
         from sensor_msgs.msg import JointState
 
         cfg = self.config
+        q, v, effort, block, goal = measurement
         stamp = ns_to_stamp(stamp_ns)
         q = q + self._rng.normal(0.0, cfg.joint_noise, q.shape) if cfg.joint_noise else q
         order = self._publish_index
@@ -425,13 +308,12 @@ class StandInArm:
             )
             pose.pose.orientation.w = 1.0
             messages.append((pub, pose))
-        delay = cfg.latency + (self._rng.uniform(0.0, cfg.jitter) if cfg.jitter else 0.0)
 
         def deliver() -> None:
             for pub, msg in messages:
                 pub.publish(msg)
 
-        self._outbox.submit(delay, deliver)
+        self._deliver(deliver)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -440,53 +322,31 @@ class StandInArm:
         with self._lock:
             return self.arm.joint_state()[0][:7]
 
-    def close(self) -> None:
-        """Stop publishing and shut the node down, as a killed driver would (idempotent)."""
-        if not self._running.is_set():
-            return
-        self._running.clear()
-        self._physics.join(timeout=2.0)
-        self._outbox.stop()
-        self._inbox.stop()
-        self._ros.close()
+    def _close_simulation(self) -> None:
         self.arm.close()
 
-    def __enter__(self) -> StandInArm:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+class _Measurement(NamedTuple):
+    """One tick of the scene: joint positions, velocities and efforts (URDF order), the
+    block's position (``None`` without a block) and the goal."""
+
+    q: np.ndarray
+    v: np.ndarray
+    effort: np.ndarray
+    block: np.ndarray | None
+    goal: np.ndarray
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the stand-in arm until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="python -m hw.standin_arm", description=__doc__.split("\n\n")[0]
+    return standin_main(
+        argv,
+        StandInArm,
+        StandInArmConfig,
+        ("task", ["reach", "push", "pick_place"]),
+        '{"latency": 0.01, "physics": {"object_mass_scale": 1.5}}',
+        lambda config: f"arm ({config.task})",
     )
-    parser.add_argument("--task", choices=["reach", "push", "pick_place"], default=None)
-    parser.add_argument(
-        "--config",
-        default="{}",
-        help="JSON object of StandInArmConfig fields, e.g. "
-        '\'{"latency": 0.01, "physics": {"object_mass_scale": 1.5}}\'',
-    )
-    parser.add_argument("--domain-id", type=int, default=None, help="default: ROS_DOMAIN_ID")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    values = json.loads(args.config)
-    if args.task is not None:
-        values["task"] = args.task
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    with StandInArm(values, domain_id=args.domain_id) as standin:
-        logger.info(
-            "stand-in arm (%s) up as /%s; Ctrl-C stops it",
-            standin.config.task,
-            standin.config.node_name,
-        )
-        stop.wait()
-    return 0
 
 
 if __name__ == "__main__":

@@ -28,14 +28,8 @@ Run it on its own with ``python -m hw.standin_quadrotor --vehicle x500`` (``--he
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import logging
 import math
-import signal
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,10 +43,8 @@ from hw.frames import (
     quat_multiply,
     to_policy_order,
 )
-from hw.ros import RosRuntime, ns_to_stamp, sensor_qos
-from hw.standin_arm import DelayLine
-
-logger = logging.getLogger("hw.standin_quadrotor")
+from hw.ros import ns_to_stamp, sensor_qos
+from hw.standin import StandIn, config_from_mapping, standin_main
 
 #: Initial-state distributions of ``robolearn/Quadrotor-v0`` the reset draws from.
 INITS = ("raptor", "hover", "motors_off")
@@ -145,11 +137,7 @@ class StandInQuadrotorConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> StandInQuadrotorConfig:
         """Build from a (YAML / JSON) mapping; unknown keys raise."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown stand-in config keys {unknown}; known: {sorted(names)}")
-        return cls(**{k: dict(v) if k == "physics" else v for k, v in values.items()})
+        return config_from_mapping(cls, values)
 
 
 def sample_initial_state(vehicle: str, init: str, seed: int) -> np.ndarray:
@@ -164,12 +152,10 @@ def sample_initial_state(vehicle: str, init: str, seed: int) -> np.ndarray:
     return batch.state[0].double().numpy()
 
 
-class StandInQuadrotor:
-    """The stand-in quadrotor node with its PyBullet vehicle, running in this process.
-
-    It owns a private ROS context (its own DDS participant, as a separate driver process would
-    be), a physics thread stepping the vehicle in real time and publishing odometry at
-    ``odometry_hz``, and delay lines for the link latencies. :func:`main` runs one as a process.
+class StandInQuadrotor(StandIn):
+    """The stand-in quadrotor node with its PyBullet vehicle, running in this process (see
+    :class:`~hw.standin.StandIn`; the physics thread steps the vehicle and publishes odometry
+    at ``odometry_hz``). :func:`main` runs one as a process.
 
     Args:
         config: A :class:`StandInQuadrotorConfig` or a mapping of its fields.
@@ -187,46 +173,25 @@ class StandInQuadrotor:
             config = StandInQuadrotorConfig()
         elif isinstance(config, Mapping):
             config = StandInQuadrotorConfig.from_mapping(config)
-        self.config = config
         physics = QuadrotorPhysics(**config.physics)
         self.vehicle = Vehicle.from_preset(config.vehicle, physics)
         self.quad = PyBulletQuadrotor(self.vehicle, physics.timestep)
+        super().__init__(config, config.odometry_hz, "standin-quad")
         self._substeps = max(1, round(1.0 / (config.odometry_hz * physics.timestep)))
-        self._rng = np.random.default_rng(config.seed)
-        self._lock = threading.Lock()  # the vehicle and its command
-        self.episode_seed: int | None = None
-        self.commands_received = 0
-        self._running = threading.Event()
-        self._outbox = DelayLine("standin-quad-outbox")
-        self._inbox = DelayLine("standin-quad-inbox")
-        self._ros = RosRuntime(domain_id)
-        try:
-            # The vehicle is ready before the node exists: a reset may arrive at once.
-            self._reset_vehicle(sample_initial_state(config.vehicle, "hover", 0), None)
-            self._setup_node()
-            self._running.set()
-            self._physics = threading.Thread(
-                target=self._physics_loop, name="standin-quad-physics", daemon=True
-            )
-            self._physics.start()
-        except BaseException:
-            self._ros.close()
-            self._outbox.stop()
-            self._inbox.stop()
-            self.quad.close()
-            raise
+        self._start(
+            domain_id,
+            lambda: self._reset_vehicle(sample_initial_state(config.vehicle, "hover", 0), None),
+        )
 
     # --- ROS wiring -------------------------------------------------------------------------
 
-    def _setup_node(self) -> None:
+    def _setup_node(self, node: Any) -> None:
         from nav_msgs.msg import Odometry
         from rcl_interfaces.msg import ParameterDescriptor
         from std_msgs.msg import Float32MultiArray
         from std_srvs.srv import Trigger
 
         cfg = self.config
-        node = self._ros.create_node(cfg.node_name)
-        self.node = node
         node.declare_parameter("seed", -1)
         node.declare_parameter(
             "initial_state",
@@ -248,13 +213,12 @@ class StandInQuadrotor:
         # NaN stops a motor (PX4's ActuatorMotors convention).
         values = np.where(np.isnan(values), 0.0, values)
         setpoint = to_policy_order(values, self.config.command_order)
-        self.commands_received += 1
 
         def apply() -> None:
             with self._lock:
                 self.quad.set_command(setpoint)
 
-        self._inbox.submit(self.config.command_latency, apply)
+        self._apply_later(apply)
 
     def _on_reset(self, request: Any, response: Any) -> Any:
         from rclpy.parameter import Parameter
@@ -292,23 +256,9 @@ class StandInQuadrotor:
             self.quad.reset(state)
             self.episode_seed = seed
 
-    def _physics_loop(self) -> None:
-        period = 1.0 / self.config.odometry_hz
-        tick = time.monotonic()
-        while self._running.is_set():
-            with self._lock:
-                self.quad.step(self._substeps)
-                state = self.quad.state()
-                # Stamped under the lock: a message stamped after a reset returned was
-                # measured after it (the env relies on this to skip the previous episode).
-                stamp_ns = self.node.get_clock().now().nanoseconds
-            self._publish(stamp_ns, state)
-            tick += period
-            delay = tick - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            elif delay < -0.1:  # fell far behind (a loaded machine): do not try to catch up
-                tick = time.monotonic()
+    def _step_physics(self) -> np.ndarray:
+        self.quad.step(self._substeps)
+        return self.quad.state()
 
     def _publish(self, stamp_ns: int, state: np.ndarray) -> None:
         """Queue the odometry of ``state`` for delivery after the link latency."""
@@ -337,8 +287,7 @@ class StandInQuadrotor:
         o.w, o.x, o.y, o.z = (float(x) for x in q)
         twist.linear.x, twist.linear.y, twist.linear.z = (float(x) for x in v)
         twist.angular.x, twist.angular.y, twist.angular.z = (float(x) for x in w)
-        delay = cfg.latency + (rng.uniform(0.0, cfg.jitter) if cfg.jitter else 0.0)
-        self._outbox.submit(delay, lambda: self._odom_pub.publish(msg))
+        self._deliver(lambda: self._odom_pub.publish(msg))
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -347,54 +296,20 @@ class StandInQuadrotor:
         with self._lock:
             return self.quad.state()
 
-    def close(self) -> None:
-        """Stop publishing and shut the node down, as a killed driver would (idempotent)."""
-        if not self._running.is_set():
-            return
-        self._running.clear()
-        self._physics.join(timeout=2.0)
-        self._outbox.stop()
-        self._inbox.stop()
-        self._ros.close()
+    def _close_simulation(self) -> None:
         self.quad.close()
-
-    def __enter__(self) -> StandInQuadrotor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the stand-in quadrotor until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="python -m hw.standin_quadrotor", description=__doc__.split("\n\n")[0]
+    return standin_main(
+        argv,
+        StandInQuadrotor,
+        StandInQuadrotorConfig,
+        ("vehicle", ["crazyflie", "x500"]),
+        '{"frame": "ned_frd", "physics": {"mass_scale": 1.1}}',
+        lambda config: f"quadrotor ({config.vehicle}, {config.frame})",
     )
-    parser.add_argument("--vehicle", choices=["crazyflie", "x500"], default=None)
-    parser.add_argument(
-        "--config",
-        default="{}",
-        help="JSON object of StandInQuadrotorConfig fields, e.g. "
-        '\'{"frame": "ned_frd", "physics": {"mass_scale": 1.1}}\'',
-    )
-    parser.add_argument("--domain-id", type=int, default=None, help="default: ROS_DOMAIN_ID")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    values = json.loads(args.config)
-    if args.vehicle is not None:
-        values["vehicle"] = args.vehicle
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    with StandInQuadrotor(values, domain_id=args.domain_id) as standin:
-        logger.info(
-            "stand-in quadrotor (%s, %s) up as /%s; Ctrl-C stops it",
-            standin.config.vehicle,
-            standin.config.frame,
-            standin.config.node_name,
-        )
-        stop.wait()
-    return 0
 
 
 if __name__ == "__main__":
