@@ -94,6 +94,48 @@ def interpolate(times: np.ndarray, values: np.ndarray, queries: np.ndarray) -> n
     return np.stack([np.interp(q, t, values[:, j]) for j in range(values.shape[1])], axis=1)
 
 
+def logged_episodes(
+    decoded: Mapping[str, Any],
+) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None, np.ndarray, np.ndarray]]:
+    """The episodes of a robolearn bag, from its episode events and logged actions.
+
+    ``decoded`` holds ``actions`` (``(log_ns, action)`` pairs) and ``events`` (``(log_ns,
+    event)`` pairs). An episode runs from a start event to the next; its steps are the actions
+    logged in between, cut at the end event's step count (a time limit outside the env ends an
+    episode after its last action). Yields, per episode with at least one step, the start
+    event, the end event (``None`` when the log ends mid-episode), the indices of its actions
+    and their log times.
+    """
+    action_ns = np.array([t for t, _ in decoded["actions"]], dtype=np.int64)
+    starts = [(t, e) for t, e in decoded["events"] if e.get("event") == "start"]
+    ends = [(t, e) for t, e in decoded["events"] if e.get("event") == "end"]
+    for i, (start_ns, start) in enumerate(starts):
+        next_start = starts[i + 1][0] if i + 1 < len(starts) else math.inf
+        end = next((e for t, e in ends if start_ns <= t < next_start), None)
+        steps = np.flatnonzero((action_ns >= start_ns) & (action_ns < next_start))
+        if end is not None:
+            steps = steps[: end["steps"]]
+        if len(steps):
+            yield start, end, steps, action_ns[steps]
+
+
+def episode_meta(
+    start: Mapping[str, Any],
+    end: Mapping[str, Any] | None,
+    success: bool,
+    source: str,
+    rewards: np.ndarray,
+) -> dict[str, Any]:
+    """The store's per-episode metadata of a logged episode (see :func:`logged_episodes`)."""
+    return {
+        "seed": -1 if start.get("seed") is None else int(start["seed"]),
+        "success": success,
+        "source": source,
+        "episode_return": float(np.sum(rewards, dtype=np.float64)),
+        "abort_reason": end.get("abort_reason", "") if end else "the log ends mid-episode",
+    }
+
+
 class _Series:
     """One topic's decoded samples: log times, header stamps and value rows, in log order."""
 
@@ -315,19 +357,8 @@ class ArmLogImporter:
     def _logged_episodes(self, decoded: dict[str, Any]) -> Iterator[Episode]:
         """A robolearn bag: steps at the logged actions, observations as the policy saw them."""
         series = decoded["series"]
-        action_ns = np.array([t for t, _ in decoded["actions"]], dtype=np.int64)
-        starts = [(t, e) for t, e in decoded["events"] if e.get("event") == "start"]
-        ends = [(t, e) for t, e in decoded["events"] if e.get("event") == "end"]
         dt = self.spec.dt
-        for i, (start_ns, start) in enumerate(starts):
-            next_start = starts[i + 1][0] if i + 1 < len(starts) else math.inf
-            end = next((e for t, e in ends if start_ns <= t < next_start), None)
-            steps = np.flatnonzero((action_ns >= start_ns) & (action_ns < next_start))
-            if end is not None:
-                steps = steps[: end["steps"]]
-            if not len(steps):
-                continue
-            times = action_ns[steps]
+        for start, end, steps, times in logged_episodes(decoded):
             rows, stamps = {}, None
             for key, s in series.items():
                 index = latest_at(s.log_ns, times)
@@ -351,16 +382,8 @@ class ArmLogImporter:
                 "stamp_ns": stamps,
                 "obs_latency": (times - stamps) * 1e-9,
             }
-            meta = {
-                "seed": -1 if start.get("seed") is None else int(start["seed"]),
-                "success": bool(end["success"]) if end else bool(successes.any()),
-                "source": self.source,
-                "episode_return": float(np.sum(data["reward"], dtype=np.float64)),
-                "abort_reason": (
-                    end.get("abort_reason", "") if end else "the log ends mid-episode"
-                ),
-            }
-            yield data, meta
+            success = end["success"] if end else successes.any()
+            yield data, episode_meta(start, end, bool(success), self.source, data["reward"])
 
     def _resampled_episode(self, decoded: dict[str, Any]) -> Episode:
         """A foreign bag: one episode on the control-rate grid of the joint states' stamps."""
@@ -615,18 +638,8 @@ class QuadrotorLogImporter:
         if not decoded["actions"]:
             yield self._resampled_episode(decoded, SUCCESS_DISTANCE)
             return
-        action_ns = np.array([t for t, _ in decoded["actions"]], dtype=np.int64)
-        starts = [(t, e) for t, e in decoded["events"] if e.get("event") == "start"]
-        ends = [(t, e) for t, e in decoded["events"] if e.get("event") == "end"]
-        for i, (start_ns, start) in enumerate(starts):
-            next_start = starts[i + 1][0] if i + 1 < len(starts) else math.inf
-            end = next((e for t, e in ends if start_ns <= t < next_start), None)
-            steps = np.flatnonzero((action_ns >= start_ns) & (action_ns < next_start))
-            if end is not None:
-                steps = steps[: end["steps"]]
-            if not len(steps):
-                continue
-            index = latest_at(odometry.log_ns, action_ns[steps])
+        for start, end, steps, times in logged_episodes(decoded):
+            index = latest_at(odometry.log_ns, times)
             if np.any(index < 0):
                 raise ValueError("a logged action precedes the first odometry message")
             # The state after the last action: the next odometry (the reward's only use).
@@ -644,19 +657,10 @@ class QuadrotorLogImporter:
                 action=actions,
                 timestamp=np.arange(len(steps), dtype=np.float64) * 0.01,
                 stamp_ns=stamps,
-                obs_latency=(action_ns[steps] - stamps) * 1e-9,
+                obs_latency=(times - stamps) * 1e-9,
             )
             success = end["success"] if end else data["position_error"][-1] < SUCCESS_DISTANCE
-            meta = {
-                "seed": -1 if start.get("seed") is None else int(start["seed"]),
-                "success": bool(success),
-                "source": self.source,
-                "episode_return": float(np.sum(data["reward"], dtype=np.float64)),
-                "abort_reason": (
-                    end.get("abort_reason", "") if end else "the log ends mid-episode"
-                ),
-            }
-            yield data, meta
+            yield data, episode_meta(start, end, bool(success), self.source, data["reward"])
 
     def _resampled_episode(self, decoded: dict[str, Any], success_distance: float) -> Episode:
         """A foreign bag: one episode on the 100 Hz grid of the odometry's stamps."""
