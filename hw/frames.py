@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from robolearn.robots.quadrotor import quaternion_to_rotation
+
 #: Frame conventions of an odometry stream / motor interface.
 ENU_FLU = "enu_flu"
 NED_FRD = "ned_frd"
@@ -90,19 +92,7 @@ def quat_to_rotation(q: Any) -> np.ndarray:
     """Rotation matrices ``(..., 3, 3)`` of quaternions ``(..., 4)`` (w, x, y, z), normalised
     first (a driver's quaternion is only unit to its float precision)."""
     q = np.asarray(q, dtype=np.float64)
-    w, x, y, z = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
-    rows = (
-        1 - 2 * (y * y + z * z),
-        2 * (x * y - w * z),
-        2 * (x * z + w * y),
-        2 * (x * y + w * z),
-        1 - 2 * (x * x + z * z),
-        2 * (y * z - w * x),
-        2 * (x * z - w * y),
-        2 * (y * z + w * x),
-        1 - 2 * (x * x + y * y),
-    )
-    return np.stack(rows, axis=-1).reshape(*q.shape[:-1], 3, 3)
+    return quaternion_to_rotation(q / np.linalg.norm(q, axis=-1, keepdims=True))
 
 
 def quat_enu_flu_ned_frd(q: Any) -> np.ndarray:

@@ -58,6 +58,30 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
 
 
+def quaternion_to_rotation(q: Any) -> Any:
+    """Body-to-world rotation matrices ``(..., 3, 3)`` of unit quaternions ``(..., 4)``
+    (w, x, y, z). Works on numpy arrays or torch tensors with any leading batch shape (the
+    simulator's batch and a driver's single attitude use the same formula) and returns the
+    same kind."""
+    w, x, y, z = (q[..., i] for i in range(4))
+    rows = (
+        1 - 2 * (y * y + z * z),
+        2 * (x * y - w * z),
+        2 * (x * z + w * y),
+        2 * (x * y + w * z),
+        1 - 2 * (x * x + z * z),
+        2 * (y * z - w * x),
+        2 * (x * z - w * y),
+        2 * (y * z + w * x),
+        1 - 2 * (x * x + y * y),
+    )
+    if _is_torch(q):
+        import torch
+
+        return torch.stack(rows, -1).reshape(*q.shape[:-1], 3, 3)
+    return np.stack(rows, axis=-1).reshape(*q.shape[:-1], 3, 3)
+
+
 def raptor_observation(
     p_err: Any,
     rotation: Any,

@@ -30,23 +30,6 @@ DT = 0.01
 STATE_LIMIT = 1e5
 
 
-def quaternion_to_rotation(q: torch.Tensor) -> torch.Tensor:
-    """``(..., 3, 3)`` rotation matrices of unit quaternions ``(..., 4)`` (w, x, y, z)."""
-    w, x, y, z = q.unbind(-1)
-    rows = (
-        1 - 2 * (y * y + z * z),
-        2 * (x * y - w * z),
-        2 * (x * z + w * y),
-        2 * (x * y + w * z),
-        1 - 2 * (x * x + z * z),
-        2 * (y * z - w * x),
-        2 * (x * z - w * y),
-        2 * (y * z + w * x),
-        1 - 2 * (x * x + y * y),
-    )
-    return torch.stack(rows, -1).reshape(*q.shape[:-1], 3, 3)
-
-
 def initial_state(
     n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:

@@ -29,6 +29,7 @@ from robolearn.robots.quadrotor import (
     CLIP_VELOCITY,
     OBSERVATION_DIM,
     QUADROTOR_SPEC,
+    quaternion_to_rotation,
     raptor_observation,
 )
 from sims.quadrotor.dynamics import (
@@ -39,7 +40,6 @@ from sims.quadrotor.dynamics import (
     VELOCITY,
     QuadrotorDynamics,
     initial_state,
-    quaternion_to_rotation,
 )
 from sims.quadrotor.params import (
     INIT_POSITION_ARMS,

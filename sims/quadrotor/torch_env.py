@@ -25,6 +25,7 @@ import torch
 from robolearn.robots.quadrotor import (
     CLIP_POSITION,
     CLIP_VELOCITY,
+    quaternion_to_rotation,
     raptor_observation,
 )
 from sims.quadrotor.dynamics import (
@@ -35,7 +36,6 @@ from sims.quadrotor.dynamics import (
     STATE_DIM,
     VELOCITY,
     QuadrotorDynamics,
-    quaternion_to_rotation,
 )
 from sims.quadrotor.env import (
     ACTION_CHANGE_WEIGHT,
