@@ -126,6 +126,43 @@ def sim_success(policy: Policy, sim_id: str, episodes: int) -> float:
         env.close()
 
 
+class LoopStats:
+    """The control loop's health over a stand-in run, the same for every robot: the
+    observation-to-command latency of each step, overruns, and safety aborts and
+    interventions by kind."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.steps = self.overruns = 0
+        self.aborts: collections.Counter[str] = collections.Counter()
+        self.events: collections.Counter[str] = collections.Counter()
+
+    def step(self, env: Any, action: Any, info: dict[str, Any]) -> tuple[Any, ...]:
+        """``env.step(action)``, timed from the stamp of the observation the action answers
+        (``info``, of the previous step or the reset), and tallied."""
+        # ROS time is the system clock: comparable with the stand-in's stamps.
+        self.latencies.append((time.time_ns() - info["stamp_ns"]) * 1e-6)
+        result = env.step(action)
+        info = result[-1]
+        self.steps += 1
+        self.overruns += bool(info["overrun"])
+        self.events.update(e["kind"] for e in info["safety_events"])
+        if "abort_reason" in info:
+            self.aborts[info["abort_reason"].split(":", 1)[0]] += 1
+        return result
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies)
+        return {
+            "latency_ms_mean": float(lat.mean()),
+            "latency_ms_p99": float(np.percentile(lat, 99)),
+            "steps": self.steps,
+            "overruns": self.overruns,
+            "aborts": dict(self.aborts),
+            "safety_events": dict(self.events),
+        }
+
+
 def standin_episodes(policy: Policy, task: str, hw_id: str, episodes: int) -> dict[str, Any]:
     """Run ``policy`` back to back on one stand-in arm; success, latency and safety numbers."""
     from hw.deploy import StandInProcess
@@ -134,10 +171,8 @@ def standin_episodes(policy: Policy, task: str, hw_id: str, episodes: int) -> di
     config = yaml.safe_load(HW_CONFIG.read_text())
     log = RESULTS / f"standin-{task}.log"
     standin = StandInProcess({**config["standin"], "task": task}, None, log)
-    successes, latencies, lengths = [], [], []
-    aborts: collections.Counter[str] = collections.Counter()
-    events: collections.Counter[str] = collections.Counter()
-    overruns = steps = 0
+    successes, lengths = [], []
+    loop = LoopStats()
     try:
         env = make_env(hw_id, config["env"])
         try:
@@ -147,34 +182,21 @@ def standin_episodes(policy: Policy, task: str, hw_id: str, episodes: int) -> di
                 success, done, length = bool(info["success"]), False, 0
                 while not done:
                     action = policy.act({k: v[None] for k, v in obs.items()})[0]
-                    # ROS time is the system clock: comparable with the stand-in's stamps.
-                    latencies.append((time.time_ns() - info["stamp_ns"]) * 1e-6)
-                    obs, _, terminated, truncated, info = env.step(action)
+                    obs, _, terminated, truncated, info = loop.step(env, action, info)
                     done = terminated or truncated
                     success = success or bool(info["success"])
                     length += 1
-                    overruns += bool(info["overrun"])
-                    events.update(e["kind"] for e in info["safety_events"])
-                    if "abort_reason" in info:
-                        aborts[info["abort_reason"].split(":", 1)[0]] += 1
                 successes.append(success)
                 lengths.append(length)
-                steps += length
                 standin.check_alive()
         finally:
             env.close()
     finally:
         standin.stop()
-    lat = np.asarray(latencies)
     return {
         "success": float(np.mean(successes)),
         "mean_length": float(np.mean(lengths)),
-        "latency_ms_mean": float(lat.mean()),
-        "latency_ms_p99": float(np.percentile(lat, 99)),
-        "steps": steps,
-        "overruns": overruns,
-        "aborts": dict(aborts),
-        "safety_events": dict(events),
+        **loop.summary(),
     }
 
 
@@ -301,10 +323,8 @@ def quad_standin_flights(
         {**QUAD_SIM_KWARGS, "params": vehicle}, kwargs, {**config["standin"], **overrides}
     )
     standin = StandInProcess(standin_cfg, None, RESULTS / f"standin-{name}.log", "quadrotor")
-    survived, final, latencies = [], [], []
-    aborts: collections.Counter[str] = collections.Counter()
-    events: collections.Counter[str] = collections.Counter()
-    overruns = steps = 0
+    survived, final = [], []
+    loop = LoopStats()
     try:
         env = make_env("robolearn/ROS2Quadrotor-v0", kwargs)
         try:
@@ -314,14 +334,8 @@ def quad_standin_flights(
                 errors, alive = [], True
                 for _ in range(QUAD_STEPS):
                     action = policy.act(obs[None])[0]
-                    latencies.append((time.time_ns() - info["stamp_ns"]) * 1e-6)
-                    obs, _, terminated, truncated, info = env.step(action)
+                    obs, _, terminated, truncated, info = loop.step(env, action, info)
                     errors.append(info["position_error"])
-                    steps += 1
-                    overruns += bool(info["overrun"])
-                    events.update(e["kind"] for e in info["safety_events"])
-                    if "abort_reason" in info:
-                        aborts[info["abort_reason"].split(":", 1)[0]] += 1
                     if terminated or "abort_reason" in info:
                         alive = False
                     if terminated or truncated:  # truncated: an abort, or the time limit
@@ -334,16 +348,7 @@ def quad_standin_flights(
             env.close()
     finally:
         standin.stop()
-    lat = np.asarray(latencies)
-    return {
-        **flight_statistics(survived, final),
-        "latency_ms_mean": float(lat.mean()),
-        "latency_ms_p99": float(np.percentile(lat, 99)),
-        "steps": steps,
-        "overruns": overruns,
-        "aborts": dict(aborts),
-        "safety_events": dict(events),
-    }
+    return {**flight_statistics(survived, final), **loop.summary()}
 
 
 def quadrotor_results(args: argparse.Namespace) -> list[dict[str, Any]]:
