@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -36,3 +37,18 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
+
+
+@pytest.fixture
+def closing() -> Iterator[Callable[[Any], Any]]:
+    """Keep what it is given (stand-ins, envs, spies: anything with ``close``) and close it at
+    teardown, newest first, so an env is closed before the stand-in it talks to."""
+    made: list[Any] = []
+
+    def keep(obj: Any) -> Any:
+        made.append(obj)
+        return obj
+
+    yield keep
+    for obj in reversed(made):
+        obj.close()

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.hw_fixtures import needs_rclpy, ros_domain, wait_until  # noqa: F401 - fixture
+from tests.hw_fixtures import closing, needs_rclpy, ros_domain, wait_until  # noqa: F401
 
 pytestmark = needs_rclpy
 
@@ -56,26 +56,21 @@ class Spy:
 
 
 @pytest.fixture
-def make(ros_domain):  # noqa: F811 - the fixture
-    """Factory of stand-ins, envs and spies in the test's domain, all closed at teardown."""
-    made = []
+def make(ros_domain, closing):  # noqa: F811 - the fixtures
+    """Factory of stand-ins, envs, drivers and spies in the test's domain, all closed at
+    teardown."""
 
     def factory(kind: str, **kwargs):
         if kind == "standin":
-            obj = StandInArm(kwargs, domain_id=ros_domain)
-        elif kind == "env":
+            return closing(StandInArm(kwargs, domain_id=ros_domain))
+        if kind == "env":
             kwargs.setdefault("scene_reset_node", "/standin_arm")
-            obj = ROS2ArmEnv(domain_id=ros_domain, **kwargs)
-        elif kind == "driver":
-            obj = FakeDriver(ros_domain, **kwargs)
-        else:
-            obj = Spy(ros_domain, kwargs)
-        made.append(obj)
-        return obj
+            return closing(ROS2ArmEnv(domain_id=ros_domain, **kwargs))
+        if kind == "driver":
+            return closing(FakeDriver(ros_domain, **kwargs))
+        return closing(Spy(ros_domain, kwargs))
 
-    yield factory
-    for obj in reversed(made):
-        obj.close()
+    return factory
 
 
 class FakeDriver:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.hw_fixtures import needs_rclpy, ros_domain, wait_until  # noqa: F401 - fixture
+from tests.hw_fixtures import closing, needs_rclpy, ros_domain, wait_until  # noqa: F401
 
 pytestmark = needs_rclpy
 
@@ -64,27 +64,21 @@ class Spy:
 
 
 @pytest.fixture
-def make(ros_domain):  # noqa: F811 - the fixture
+def make(ros_domain, closing):  # noqa: F811 - the fixtures
     """Factory of stand-ins, envs and spies in the test's domain, all closed at teardown."""
-    made = []
 
     def factory(kind: str, **kwargs):
         if kind == "standin":
-            obj = StandInQuadrotor({"vehicle": "x500", **kwargs}, domain_id=ros_domain)
-        elif kind == "env":
+            return closing(StandInQuadrotor({"vehicle": "x500", **kwargs}, domain_id=ros_domain))
+        if kind == "env":
             kwargs.setdefault("scene_reset_node", "/standin_quadrotor")
             kwargs.setdefault("vehicle", "x500")
             kwargs.setdefault("terminate_on_velocity", False)
             kwargs.setdefault("sync_to_odometry", True)
-            obj = ROS2QuadrotorEnv(domain_id=ros_domain, **kwargs)
-        else:
-            obj = Spy(ros_domain)
-        made.append(obj)
-        return obj
+            return closing(ROS2QuadrotorEnv(domain_id=ros_domain, **kwargs))
+        return closing(Spy(ros_domain))
 
-    yield factory
-    for obj in reversed(made):
-        obj.close()
+    return factory
 
 
 def fly(env, steps: int, start=START, policy=None, seed: int | None = None):
