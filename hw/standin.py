@@ -42,6 +42,16 @@ def config_from_mapping(cls: type[C], values: Mapping[str, Any]) -> C:
     )
 
 
+def standin_config(cls: type[C], config: C | Mapping[str, Any] | None) -> C:
+    """``config`` as the config dataclass ``cls``: itself, the defaults for ``None``, or
+    :func:`config_from_mapping` of a mapping."""
+    if config is None:
+        return cls()
+    if isinstance(config, Mapping):
+        return config_from_mapping(cls, config)
+    return config
+
+
 class DelayLine:
     """Runs callables after a delay, in submission order, on one thread (latency emulation)."""
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from hw.joints import JointNameMap, MissingJointsError
 from hw.ros import ns_to_stamp, sensor_qos
-from hw.standin import StandIn, config_from_mapping, standin_main
+from hw.standin import StandIn, config_from_mapping, standin_config, standin_main
 from robolearn.robots.panda import FINGER_JOINT_NAMES, GRIPPER_MAX_OPENING, JOINT_NAMES
 
 ALL_JOINTS = JOINT_NAMES + FINGER_JOINT_NAMES
@@ -130,10 +130,7 @@ class StandInArm(StandIn):
         from hw.arm_env import TASKS
         from sims.pybullet.arm import ArmPhysics, PyBulletArm
 
-        if config is None:
-            config = StandInArmConfig()
-        elif isinstance(config, Mapping):
-            config = StandInArmConfig.from_mapping(config)
+        config = standin_config(StandInArmConfig, config)
         self.task_class = TASKS[config.task]
         self.arm = PyBulletArm(self.task_class.has_object, ArmPhysics(**config.physics))
         super().__init__(config, config.state_hz, "standin")

@@ -44,7 +44,7 @@ from hw.frames import (
     to_policy_order,
 )
 from hw.ros import ns_to_stamp, sensor_qos
-from hw.standin import StandIn, config_from_mapping, standin_main
+from hw.standin import StandIn, config_from_mapping, standin_config, standin_main
 
 #: Initial-state distributions of ``robolearn/Quadrotor-v0`` the reset draws from.
 INITS = ("raptor", "hover", "motors_off")
@@ -169,10 +169,7 @@ class StandInQuadrotor(StandIn):
     ) -> None:
         from sims.pybullet.quadrotor import PyBulletQuadrotor, QuadrotorPhysics, Vehicle
 
-        if config is None:
-            config = StandInQuadrotorConfig()
-        elif isinstance(config, Mapping):
-            config = StandInQuadrotorConfig.from_mapping(config)
+        config = standin_config(StandInQuadrotorConfig, config)
         physics = QuadrotorPhysics(**config.physics)
         self.vehicle = Vehicle.from_preset(config.vehicle, physics)
         self.quad = PyBulletQuadrotor(self.vehicle, physics.timestep)
