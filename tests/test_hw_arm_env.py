@@ -310,6 +310,16 @@ def test_nan_and_inf_actions_never_reach_the_command_topics(make):
         node_name="lenient_arm",
         safety={"abort_on_invalid_action": False},
     )
+    # The new node's publishers must have matched the spy (and the stand-in) before it sends:
+    # a sample published before discovery matched them is lost (the test's flake under load).
+    wait_until(
+        lambda: (
+            min(p.get_subscription_count() for p in (lenient._command_pub, lenient._gripper_pub))
+            >= 2
+        ),
+        15.0,
+        "the spy to match the second env's publishers",
+    )
     lenient.reset(seed=1)
     for action in ([0, np.inf, 0, 0], [0, 0, 0, -np.inf], [np.nan] * 4, [0.2, 0, 0, 0]):
         _, _, _, truncated, info = lenient.step(np.array(action, dtype=np.float32))
