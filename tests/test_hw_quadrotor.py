@@ -179,6 +179,9 @@ def test_nan_and_inf_actions_never_reach_the_command_topic(make):
     assert truncated and info["abort_reason"].startswith("invalid_action")
 
     lenient = make("env", node_name="lenient", safety={"abort_on_invalid_action": False})
+    # Its publisher must have matched the spy and the stand-in before it sends: a sample
+    # published before discovery matched them is lost.
+    wait_until(lambda: lenient._command_pub.get_subscription_count() >= 2, 15.0, "the spy to match")
     obs, _ = lenient.reset(options={"initial_state": START})
     for action in ([0, np.inf, 0, 0], [0, 0, 0, -np.inf], [np.nan] * 4, [0.1] * 4, [1, 2, 3]):
         obs, _, _, truncated, info = lenient.step(np.array(action, dtype=np.float32))
