@@ -251,7 +251,7 @@ def resumed_config(overrides: list[str]) -> DictConfig | None:
     path = Path(resume) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"resume={resume}: is not a run folder (it has no config.yaml)")
-    cfg = OmegaConf.load(path)
+    cfg = _with_new_defaults(OmegaConf.load(path))
     OmegaConf.set_struct(cfg, True)  # a misspelt key fails instead of being added
     extra = [o for o in overrides if not o.startswith("resume=")]
     for item in extra:
@@ -266,6 +266,23 @@ def resumed_config(overrides: list[str]) -> DictConfig | None:
         raise ConfigError(_explain_hydra_error(str(err), extra)) from None
     cfg.resume = resume
     return cfg
+
+
+def _with_new_defaults(saved: DictConfig) -> DictConfig:
+    """``saved`` over today's defaults of its config groups, so that a run made before a key
+    existed resumes with that key's default (the saved values win everywhere else)."""
+    groups = [
+        f"{group}={saved[group].name}"
+        for group in GROUPS
+        if OmegaConf.select(saved, f"{group}.name") is not None
+        and (CONFIG_DIR / group / f"{saved[group].name}.yaml").is_file()
+    ]
+    try:
+        current = compose_config(groups)
+    except ConfigError:
+        return saved
+    OmegaConf.set_struct(current, False)
+    return OmegaConf.merge(current, saved)
 
 
 def algo_config(cfg: DictConfig) -> Any:

@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
-from robolearn.cli import main
+from robolearn.cli import main, resumed_config
 from robolearn.data.store import EpisodeStore
 
 QUICK = ["progress=false", "seed=0"]
@@ -163,6 +164,18 @@ def test_resume_rejects_typos_and_group_changes(tmp_path, capsys):
     assert "unknown config key 'epsiodes'" in capsys.readouterr().err
     assert main(["record", f"resume={run}", "env=arm_push"]) == 2
     assert "a resumed run keeps its env" in capsys.readouterr().err
+
+
+def test_resume_fills_keys_added_since_the_run_with_their_defaults(tmp_path):
+    run = tmp_path / "rec"
+    assert main(["record", "env=arm_reach", "episodes=1", f"run_dir={run}", *QUICK]) == 0
+    saved = OmegaConf.load(run / "config.yaml")
+    del saved.video_episodes  # as if the run predates the key
+    del saved.env.kwargs
+    saved.episodes = 2  # and a saved value wins over the default
+    OmegaConf.save(saved, run / "config.yaml")
+    cfg = resumed_config([f"resume={run}"])
+    assert cfg.video_episodes == 3 and "kwargs" in cfg.env and cfg.episodes == 2
 
 
 def test_policy_for_another_env_fails_in_one_line(tmp_path, capsys):
