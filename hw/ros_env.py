@@ -19,6 +19,7 @@ this module holds the loop around that, which is the same for the arm and the qu
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 import math
@@ -60,7 +61,7 @@ def as_config(cls: type[T], value: T | Mapping[str, Any] | None) -> T:
     return value
 
 
-class RosEnv(gym.Env):
+class RosEnv(gym.Env, abc.ABC):
     """Base of the ROS 2 envs (:class:`hw.arm_env.ROS2ArmEnv`,
     :class:`hw.quadrotor_env.ROS2QuadrotorEnv`): see the module docstring for what it does.
 
@@ -142,19 +143,19 @@ class RosEnv(gym.Env):
 
     # --- what a subclass provides ------------------------------------------------------------
 
+    @abc.abstractmethod
     def _setup_topics(self, node: Any) -> None:
         """Create the robot's subscriptions and publishers on ``node``; set
         ``_required_topics`` and ``_watched_topics``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _recorded_topics(self) -> list[tuple[str, type]]:
         """Every topic the env subscribes or publishes, with its rclpy message class."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _engage_estop(self) -> str:
         """Bring the robot to its safe state after the e-stop service latched; what it does,
         for the service's reply (``"the arm holds"``)."""
-        raise NotImplementedError
 
     # --- ROS wiring -------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ latencies, :func:`config_from_mapping` and :func:`standin_main`, the command lin
 
 from __future__ import annotations
 
+import abc
 import argparse
 import dataclasses
 import heapq
@@ -98,7 +99,7 @@ class DelayLine:
         self._thread.join(timeout=1.0)
 
 
-class StandIn:
+class StandIn(abc.ABC):
     """Base of the stand-in nodes: a simulated robot behind ROS 2 topics, in this process.
 
     It owns a private ROS context (its own DDS participant, as a separate driver process would
@@ -132,21 +133,21 @@ class StandIn:
 
     # --- what a subclass provides ------------------------------------------------------------
 
+    @abc.abstractmethod
     def _setup_node(self, node: Any) -> None:
         """Create the node's publishers, subscriptions and services."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _step_physics(self) -> Any:
         """Advance the simulation by one tick (the lock is held); the tick's measurement."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _publish(self, stamp_ns: int, measurement: Any) -> None:
         """Queue the measurement's messages, stamped ``stamp_ns``, through :meth:`_deliver`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _close_simulation(self) -> None:
         """Release the simulation."""
-        raise NotImplementedError
 
     # --- lifecycle --------------------------------------------------------------------------
 
