@@ -53,6 +53,10 @@ TASKS: dict[str, tuple[str, str, float, int]] = {
     "mw_door_open": ("robolearn/MetaWorld-door-open-v3", METAWORLD_EXPERT, 0.75, 200),
     "mw_drawer_open": ("robolearn/MetaWorld-drawer-open-v3", METAWORLD_EXPERT, 0.5, 200),
 }
+#: Version of the cached demonstrations' contents beyond their settings: bumped when an env's
+#: reward changes (DSRL-NA learns from the recorded rewards; the base policy is kept).
+#: 2: Meta-World rewards mapped to [-1, 0].
+DEMO_FORMAT = 2
 METHODS = ("base", "na", "sac", "sac_scratch")
 SAMPLED = " (sampled noise)"
 #: Table rows: the methods, the steered ones also acting with sampled noise.
@@ -92,15 +96,22 @@ def base_policy(task: str) -> tuple[DiffusionPolicy, EpisodeStore]:
     policy_dir = root / "policy"
     store_path = root / "demos.zarr"
     if store_path.exists():
+        import shutil
+
         cached = EpisodeStore.open(store_path)
         if cached.n_episodes < demos or cached.attrs.get("demo_noise") != noise:
-            import shutil
-
             shutil.rmtree(root)  # demonstrations of another setting: record and train anew
+        elif cached.attrs.get("demo_format") != DEMO_FORMAT:
+            shutil.rmtree(store_path)  # the same demonstrations with outdated rewards
     if not store_path.exists():
         env = make_vector_env(env_id, 10)
         keys = list(getattr(env.single_observation_space, "spaces", ["obs"]))
-        attrs = {"env_id": env_id, "observation_keys": keys, "demo_noise": noise}
+        attrs = {
+            "env_id": env_id,
+            "observation_keys": keys,
+            "demo_noise": noise,
+            "demo_format": DEMO_FORMAT,
+        }
         store = EpisodeStore.create(store_path, attrs=attrs)
         policy = _import(expert)(env_id, noise=noise, seed=0)
         rollout(policy, env, demos, seed=0, store=store, progress=True, desc=f"demos {task}")

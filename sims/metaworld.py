@@ -80,6 +80,8 @@ IMPERFECT_NOISE: dict[str, float] = {
 #: Meta-World's control rate: 5 physics steps of 2.5 ms per env step.
 CONTROL_HZ = 80
 OBS_DIM = 39
+#: Meta-World's dense rewards lie in [0, MAX_REWARD] (the v2 reward functions).
+MAX_REWARD = 10.0
 INSTALL_HINT = 'Meta-World is not installed; install it with: pip install -e ".[metaworld]"'
 
 _RENDER_FLAGS_OFF = (
@@ -119,8 +121,13 @@ class MetaWorldEnv(gym.Env):
     (14, zero-padded), the same 18 values of the previous step, and the goal position (3).
     Actions are a ``Box`` [-1, 1]^4: the hand's position delta (1 cm per unit per step) and the
     gripper effort. The reward is Meta-World's dense reward (v2 reward functions, 0 to 10 per
-    step); ``info["success"]`` is a bool (Meta-World reports a float), and the other entries of
-    Meta-World's info are passed through.
+    step) mapped to ``r / 10 - 1``, in [-1, 0], so that every step before the task is done
+    costs: with Meta-World's positive rewards and episodes that end on success, a
+    return-maximising learner is paid more for hovering next to the goal until the time limit
+    than for finishing (DSRL on push-v3 steered its base policy from 48% down to 0% success that
+    way). The shift changes nothing for episodes that do not end on success. Meta-World's own
+    reward is ``info["metaworld_reward"]``. ``info["success"]`` is a bool (Meta-World reports a
+    float), and the other entries of Meta-World's info are passed through.
 
     Args:
         task: Meta-World task name, one of ``sims.METAWORLD_TASKS`` (e.g. ``"push-v3"``).
@@ -192,9 +199,9 @@ class MetaWorldEnv(gym.Env):
             raise ValueError(f"action must be 4 finite numbers, got {action!r}")
         obs, reward, _, _, info = self._env.step(action)
         success = bool(info["success"])
-        info = {**info, "success": success}
+        info = {**info, "success": success, "metaworld_reward": float(reward)}
         terminated = success and self.terminate_on_success
-        return self._observe(obs), float(reward), terminated, False, info
+        return self._observe(obs), float(reward) / MAX_REWARD - 1.0, terminated, False, info
 
     def render(self) -> np.ndarray | None:
         """An RGB ``render_size`` frame from ``camera`` (``render_mode="rgb_array"`` only)."""

@@ -70,6 +70,26 @@ def test_spaces_and_steps(env_id):
     env.close()
 
 
+def test_reward_costs_every_step_so_finishing_beats_dawdling_at_the_goal():
+    """Meta-World's reward (0-10) is mapped to [-1, 0]: with positive rewards and episodes that
+    end on success, dawdling next to the goal until the time limit would out-earn finishing."""
+    env = MetaWorldEnv("push-v3")
+    expert = MetaWorldExpert("push-v3")
+    obs, _ = env.reset(seed=0)
+    expert.reset()
+    rewards = []
+    for _ in range(sims.METAWORLD_MAX_EPISODE_STEPS):
+        obs, reward, terminated, _, info = env.step(expert.act(obs[None])[0])
+        rewards.append(reward)
+        assert reward == pytest.approx(info["metaworld_reward"] / 10 - 1)
+        if terminated:
+            break
+    assert info["success"] and all(-1.0 <= r <= 0.0 for r in rewards)
+    # The last step before success earns the most; even so, one more step of it is a loss.
+    assert max(rewards[:-1]) < 0.0
+    env.close()
+
+
 def test_same_seed_same_initial_state(push_env):
     first, _ = push_env.reset(seed=3)
     for _ in range(10):
