@@ -15,7 +15,8 @@ final returns of the CPU preset on 8 sampled vehicles plus the crazyflie and x50
 section).
 
 Run: ``python -m benchmarks.bench_raptor_teachers [--steps 15000] [--seeds 2]`` for (a) and (b),
-``python -m benchmarks.bench_raptor_teachers --budget 8000`` for (c).
+``python -m benchmarks.bench_raptor_teachers --budget 8000`` for (c), and
+``python -m benchmarks.bench_raptor_teachers --device cuda`` for (b) on a GPU (N up to 10,000).
 """
 
 from __future__ import annotations
@@ -141,15 +142,16 @@ def validation(steps: int, seeds: int) -> str:
     )
 
 
-def training_step_time(cfg: TeacherConfig, n: int, repeats: int) -> float:
+def training_step_time(cfg: TeacherConfig, n: int, repeats: int, device: str = "cpu") -> float:
     """Median seconds of one training step of N teachers (act, env step, replay add, update)."""
     sac = cfg.sac
-    env = QuadrotorTorchEnv(sample_params(n, seed=0), seed=0)
-    agents = BatchedSAC(n, env.obs_dim, env.act_dim, sac)
-    replay = BatchedReplay(n, 2 * sac.batch_size, env.obs_dim, env.act_dim, torch.device("cpu"))
+    dev = torch.device(device)
+    env = QuadrotorTorchEnv(sample_params(n, seed=0), seed=0, device=dev)
+    agents = BatchedSAC(n, env.obs_dim, env.act_dim, sac).to(dev)
+    replay = BatchedReplay(n, 2 * sac.batch_size, env.obs_dim, env.act_dim, dev)
     obs = [env.reset()]
     for _ in range(sac.batch_size):  # enough transitions to sample a batch
-        action = torch.rand(n, 4) * 2 - 1
+        action = torch.rand(n, 4, device=dev) * 2 - 1
         next_obs, reward, terminated, _ = env.step(action)
         replay.add(obs[0], action, reward, next_obs, terminated)
         obs[0] = env.reset(terminated)
@@ -163,18 +165,22 @@ def training_step_time(cfg: TeacherConfig, n: int, repeats: int) -> float:
         obs[0] = env.reset(done) if bool(done.any()) else next_obs
         agents.update(replay.sample(sac.batch_size), count[0] % sac.actor_every == 0)
         count[0] += 1
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)  # time the work, not its queueing
 
-    return median_time(step, repeats=repeats, warmup=1)
+    return median_time(step, repeats=repeats, warmup=3)
 
 
-def throughput() -> str:
+def throughput(device: str = "cpu") -> str:
     configs = {"RAPTOR (3x64 actor, 3x256 critics, batch 128)": TeacherConfig()}
     configs["CPU preset (2x64 actor, 2x64 critics, batch 64)"] = TeacherConfig.cpu_budget()
+    sizes = (1, 10, 100, 1000) if device == "cpu" else (1, 100, 1000, 10_000)
     rows, per_teacher_budget = [], {}
     for name, cfg in configs.items():
-        for n in (1, 10, 100, 1000):
+        for n in sizes:
             repeats = 20 if n <= 10 else (5 if n == 100 else 3)
-            seconds = training_step_time(cfg, n, repeats)
+            repeats = repeats if device == "cpu" else 50
+            seconds = training_step_time(cfg, n, repeats, device)
             print(name, n, seconds, flush=True)
             rows.append([name, n, f"{seconds * 1e3:.1f}", f"{n / seconds:,.0f}"])
             if n == 1000:
@@ -185,8 +191,9 @@ def throughput() -> str:
         f" ({steps / 1e6:.2%} of RAPTOR's 1M)"
         for name, steps in per_teacher_budget.items()
     ]
+    where = "1 torch thread" if device == "cpu" else f"on {device}"
     return (
-        "(b) Batched training throughput (1 torch thread; one training step = every teacher "
+        f"(b) Batched training throughput ({where}; one training step = every teacher "
         "acts, its env steps, one SAC update per teacher).\n\n"
         + table(header, rows)
         + "\n\n"
@@ -278,11 +285,20 @@ def main() -> None:
         default=0,
         help="instead of (a) and (b): train 8 sampled vehicles and 2 presets this many steps (c)",
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="a GPU (cuda) measures (b) alone, into its own section",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.budget:
         title = "RAPTOR teachers at the CPU budget"
         write_section("raptor-teachers-budget", title, budget_run(args.budget, 8))
+        return
+    if args.device != "cpu":
+        title = "RAPTOR teachers (batched SAC) on a GPU"
+        write_section("raptor-teachers-gpu", title, throughput(args.device))
         return
     body = throughput() + "\n\n" + validation(args.steps, args.seeds)
     write_section("raptor-teachers", "RAPTOR teachers (batched SAC)", body)
