@@ -302,6 +302,28 @@ def _median_curve(runs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.nanmedian(np.stack(values), axis=0)
 
 
+def _verdict(results: list[dict[str, Any]]) -> str:
+    """The issue's target on one task: DSRL-NA's median success at 100k env steps >= 90%, and
+    its median ahead of SAC from scratch's at every evaluation (10k, 20k, ..., 100k)."""
+    runs = {m: [r for r in results if r["method"] == m] for m in ("na", "sac_scratch")}
+    if not runs["na"]:
+        return "target: no DSRL-NA run yet"
+    na = _success_row(runs["na"], (BUDGET,))[0]
+    reached = na != "-" and int(na.rstrip("%")) >= 90
+    text = f"DSRL-NA {na} at 100k ({len(runs['na'])} seeds, target >= 90%: {_yes(reached)})"
+    if not runs["sac_scratch"]:
+        return text + "; no SAC-from-scratch run yet"
+    budgets = range(EVAL_EVERY, BUDGET + 1, EVAL_EVERY)
+    pairs = zip(_success_row(runs["na"], budgets), _success_row(runs["sac_scratch"], budgets))
+    compared = [(a, b) for a, b in pairs if "-" not in (a, b)]
+    ahead = all(int(a.rstrip("%")) > int(b.rstrip("%")) for a, b in compared)
+    return text + f"; ahead of SAC from scratch at all {len(compared)} evaluations: {_yes(ahead)}"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     budgets = (0, 25_000, 50_000, 100_000)
     probe_budgets = (0, 10_000, 20_000, 30_000)
@@ -334,7 +356,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         notes.append(
             f"{task_dir.name}: demonstrations {first['demo_success']:.0%} successful "
             f"(expert noise {first['demo_noise']}); base diffusion policy "
-            f"{first['base_success']:.0%}"
+            f"{first['base_success']:.0%}; {_verdict(results)}"
         )
         plot_curves(
             RESULTS / f"{task_dir.name}.png",
