@@ -6,9 +6,10 @@ import dataclasses
 from functools import partial
 
 import numpy as np
+import pytest
 import torch
 
-from robolearn.algos.raptor.teachers import TeacherConfig, Teachers, train_teachers
+from robolearn.algos.raptor.teachers import BestTeachers, TeacherConfig, Teachers, train_teachers
 from robolearn.policy import load_policy
 from robolearn.training import read_metric
 from sims.quadrotor.params import preset, sample_params
@@ -116,3 +117,64 @@ def test_save_load_round_trip_gives_identical_actions(tmp_path):
     action = loaded.act(torch.from_numpy(obs))
     assert isinstance(action, torch.Tensor) and action.shape == (3, 4)
     assert (action.abs() < 1).all()
+
+
+class TargetEnv:
+    """One-step episodes for N teachers: the reward is -|action - 0.5| summed over motors."""
+
+    obs_dim, act_dim = 26, 4
+
+    def __init__(self, params: int, seed: int, device: str) -> None:
+        self.num_envs = params
+
+    def reset(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.zeros(self.num_envs, self.obs_dim)
+
+    def step(self, action: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        reward = -(action - 0.5).abs().sum(1)
+        done = torch.ones(self.num_envs, dtype=torch.bool)
+        return self.reset(), reward, ~done, done
+
+
+def constant_teachers(actions: list[float]) -> Teachers:
+    """Teachers whose every motor command is ``actions[i]`` whatever they observe."""
+    teachers = Teachers(len(actions), actor_hidden=(8,))
+    state = teachers.actor.state_dict()
+    last = [k for k in state if k.endswith("weight")][-1]
+    state[last].zero_()
+    bias = state[last.replace("weight", "bias")]
+    bias.zero_()
+    bias[..., :4] = torch.atanh(torch.tensor(actions))[:, None, None].expand_as(bias[..., :4])
+    return teachers
+
+
+def test_best_teachers_keep_each_teachers_best_weights():
+    best = BestTeachers(2, TargetEnv, 0, "cpu", TeacherConfig(keep_best_episodes=3))
+    best.update(constant_teachers([0.5, -0.5]))  # teacher 0 perfect, teacher 1 off
+    returns = best.update(constant_teachers([-0.5, 0.5]))  # the other way round
+    assert torch.allclose(returns, torch.tensor([-4.0, 0.0]), atol=1e-5)
+    kept = best.result()
+    assert torch.allclose(kept.act(torch.zeros(2, 26)), torch.full((2, 4), 0.5), atol=1e-5)
+    assert kept.train_returns == pytest.approx([0.0, 0.0], abs=1e-5)
+
+
+def test_keep_best_run_returns_its_best_evaluated_teachers_and_resumes(tmp_path):
+    params = sample_params(2, seed=5)
+    cfg = dataclasses.replace(tiny_config(1000), checkpoint_every=600, keep_best_every=300)
+    cfg = dataclasses.replace(cfg, keep_best_episodes=2)
+    cfg.sac = dataclasses.replace(cfg.sac, warmup_steps=300, batch_size=32)
+    short = dataclasses.replace(cfg, steps=600)
+    train_teachers(params, short, make_env, seed=1, progress=False, run_dir=tmp_path)
+    teachers = train_teachers(params, cfg, make_env, seed=1, progress=False, run_dir=tmp_path)
+    steps, kept = read_metric(tmp_path, "eval/kept_return_median")
+    _, evaluated = read_metric(tmp_path, "eval/return_median")
+    assert steps.tolist() == [300, 600, 900, 1000]
+    # The kept median never falls, and each evaluation's median is at most the kept one.
+    assert np.all(np.diff(kept) >= 0) and np.all(evaluated <= kept + 1e-4)
+    # The returned teachers are the kept ones, with the returns they were kept for.
+    # (torch.median, as logged: the lower middle value of an even count)
+    assert float(torch.tensor(teachers.train_returns).median()) == pytest.approx(kept[-1], rel=1e-5)
+    assert torch.equal(
+        load_policy(tmp_path / "checkpoints/latest").act(torch.ones(2, 26)),
+        teachers.act(torch.ones(2, 26)),
+    )

@@ -38,6 +38,9 @@ from robolearn.utils import progress_bar
 #: ``env_factory(params, seed, device) -> BatchedTorchEnv`` with one env per vehicle in params.
 EnvFactory = Callable[[Any, int, str], BatchedTorchEnv]
 
+#: Offset of the seed of the keep-best evaluation env from the training seed.
+KEEP_BEST_SEED = 1_000_003
+
 #: Quantiles of the per-teacher returns written to the training log.
 LOG_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -71,6 +74,14 @@ class TeacherConfig:
         curriculum_start: Fraction of the final weights at step 0.
         normalize_obs: Divide the observations by the env's ``observation_scale()`` inside
             the agents (folded into the exported actors' first layer).
+        keep_best_every: Every this many steps (and at the end), evaluate every teacher's
+            deterministic policy on ``keep_best_episodes`` fixed episodes and keep its best
+            weights so far; the returned teachers are those (0: the final weights, as RAPTOR).
+            Not in RAPTOR: SAC teachers short of RAPTOR's 1M steps swing by hundreds of return
+            between checkpoints (BENCHMARKS.md, raptor-teachers-budget), and the final weights
+            are a lottery ticket.
+        keep_best_episodes: Episodes of each of those evaluations (the same initial states
+            every time, so evaluations compare like with like).
     """
 
     sac: BatchedSACConfig = dataclasses.field(
@@ -85,6 +96,8 @@ class TeacherConfig:
     curriculum_steps: int = 400_000
     curriculum_start: float = 0.0
     normalize_obs: bool = False
+    keep_best_every: int = 0
+    keep_best_episodes: int = 10
 
     def reward_scale(self, step: int) -> float:
         """Fraction of the final action-change and orientation weights used at ``step``."""
@@ -104,6 +117,7 @@ class TeacherConfig:
         actors, initial alpha 0.05 with RAPTOR's target entropy -2,
         and the reward curriculum over the first two thirds of the run, without which the
         action-change penalty of SAC's exploration makes every step cost more than it earns.
+        Each teacher's best of ten evaluations is kept (``keep_best_every``).
         """
         sac = BatchedSACConfig(
             actor_hidden=(64, 64),
@@ -124,6 +138,7 @@ class TeacherConfig:
             log_every=1_000,
             checkpoint_every=10_000,
             curriculum_steps=2 * steps // 3,
+            keep_best_every=max(steps // 10, 1_000),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -305,8 +320,10 @@ def train_teachers(
             the current deterministic teachers (e.g. to record a learning curve).
 
     Returns:
-        The trained teachers, with each teacher's mean return over its last
-        ``cfg.return_window`` training episodes in ``train_returns``.
+        The trained teachers: with ``cfg.keep_best_every``, each teacher's best evaluated
+        weights, with those evaluation returns in ``train_returns``; otherwise the final
+        weights, with each teacher's mean return over its last ``cfg.return_window`` training
+        episodes.
     """
     sac = cfg.sac
     dev = torch.device(device)
@@ -336,6 +353,17 @@ def train_teachers(
         start = _restore(state, agents, replay, sampler)
         recent = state["recent"].to(dev)
         log.truncate_after(start)
+
+    best = None
+    if cfg.keep_best_every > 0:
+        best = BestTeachers(params, env_factory, seed + KEEP_BEST_SEED, device, cfg)
+        if state is not None and state.get("best") is not None:
+            best.load_state(state["best"], Teachers.from_agents(agents))
+
+    def result() -> Teachers:
+        if best is not None and best.teachers is not None:
+            return best.result()
+        return Teachers.from_agents(agents, recent.nanmean(dim=1).tolist())
 
     episode_return = torch.zeros(n, device=dev)
     episode_steps = torch.zeros(n, dtype=torch.long, device=dev)
@@ -368,6 +396,16 @@ def train_teachers(
             metrics = agents.update(batch, actor_due(sac, step))
         bar.update(1)
         done_steps = step + 1
+        if best is not None and (done_steps % cfg.keep_best_every == 0 or done_steps == cfg.steps):
+            returns = best.update(Teachers.from_agents(agents))
+            if log is not None:
+                log.log(
+                    done_steps,
+                    **{
+                        "eval/return_median": float(returns.median()),
+                        "eval/kept_return_median": float(best.returns.median()),
+                    },
+                )
         if log is not None and (done_steps % cfg.log_every == 0 or done_steps == cfg.steps):
             now = time.perf_counter()
             returns = recent.nanmean(dim=1)
@@ -381,14 +419,60 @@ def train_teachers(
         if checkpointer is not None and (
             done_steps % cfg.checkpoint_every == 0 or done_steps == cfg.steps
         ):
-            teachers = Teachers.from_agents(agents, recent.nanmean(dim=1).tolist())
-            checkpointer.save(
-                teachers, _train_state(done_steps, cfg, agents, replay, sampler, recent)
-            )
+            train_state = _train_state(done_steps, cfg, agents, replay, sampler, recent)
+            train_state["best"] = None if best is None else best.state()
+            checkpointer.save(result(), train_state)
     bar.close()
     if log is not None:
         log.close()
-    return Teachers.from_agents(agents, recent.nanmean(dim=1).tolist())
+    return result()
+
+
+class BestTeachers:
+    """Each teacher's best deterministic weights so far (``TeacherConfig.keep_best_every``).
+
+    Every :meth:`update` evaluates candidate teachers for ``cfg.keep_best_episodes`` episodes on
+    a fresh env seeded with ``seed`` (RAPTOR's reward: no curriculum) and, teacher by teacher,
+    keeps the candidate's weights where its return beats the best so far.
+    """
+
+    def __init__(
+        self, params: Any, env_factory: EnvFactory, seed: int, device: str, cfg: TeacherConfig
+    ) -> None:
+        self._make_env = lambda: env_factory(params, seed, device)
+        self.episodes = cfg.keep_best_episodes
+        self.teachers: Teachers | None = None
+        self.returns: torch.Tensor | None = None
+
+    def update(self, candidates: Teachers) -> torch.Tensor:
+        """Evaluate ``candidates``, keep the better weights; the candidates' returns ``(N,)``."""
+        returns = candidates.evaluate(self._make_env(), self.episodes)
+        if self.teachers is None:
+            self.teachers, self.returns = candidates, returns
+            return returns
+        better = returns > self.returns
+        kept = self.teachers.actor.state_dict()
+        for name, value in candidates.actor.state_dict().items():
+            kept[name][better] = value[better]  # state_dict tensors share the weights' storage
+        self.returns = torch.where(better, returns, self.returns)
+        return returns
+
+    def result(self) -> Teachers:
+        """The kept teachers, with their evaluation returns as ``train_returns``."""
+        assert self.teachers is not None and self.returns is not None
+        self.teachers.train_returns = self.returns.tolist()
+        return self.teachers
+
+    def state(self) -> dict[str, Any] | None:
+        if self.teachers is None:
+            return None
+        weights = {k: v.cpu() for k, v in self.teachers.actor.state_dict().items()}
+        return {"actor": weights, "returns": self.returns.cpu()}
+
+    def load_state(self, state: dict[str, Any], like: Teachers) -> None:
+        """Restore :meth:`state` into teachers shaped ``like`` (their weights are replaced)."""
+        like.actor.load_state_dict(state["actor"])
+        self.teachers, self.returns = like, state["returns"].to(like.device)
 
 
 def _train_state(
