@@ -419,9 +419,12 @@ def train_teachers(
         if checkpointer is not None and (
             done_steps % cfg.checkpoint_every == 0 or done_steps == cfg.steps
         ):
+            # Teachers first: building them draws initial weights from torch's global RNG,
+            # whose state the checkpoint must hold after that draw.
+            teachers = result()
             train_state = _train_state(done_steps, cfg, agents, replay, sampler, recent)
             train_state["best"] = None if best is None else best.state()
-            checkpointer.save(result(), train_state)
+            checkpointer.save(teachers, train_state)
     bar.close()
     if log is not None:
         log.close()
