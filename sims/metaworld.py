@@ -125,7 +125,8 @@ class MetaWorldEnv(gym.Env):
     costs: with Meta-World's positive rewards and episodes that end on success, a
     return-maximising learner is paid more for hovering next to the goal until the time limit
     than for finishing (DSRL on push-v3 steered its base policy from 48% down to 0% success that
-    way). The shift changes nothing for episodes that do not end on success. Meta-World's own
+    way). For episodes that do not end on success the best policy is the same as with
+    Meta-World's reward (a positive scale and a constant shift). Meta-World's own
     reward is ``info["metaworld_reward"]``. ``info["success"]`` is a bool (Meta-World reports a
     float), and the other entries of Meta-World's info are passed through.
 

@@ -178,3 +178,18 @@ def test_keep_best_run_returns_its_best_evaluated_teachers_and_resumes(tmp_path)
         load_policy(tmp_path / "checkpoints/latest").act(torch.ones(2, 26)),
         teachers.act(torch.ones(2, 26)),
     )
+    # The evaluations draw nothing from the run's RNG: training itself is what it is without.
+    finals = []
+    for every in (0, 300):
+        last: dict[str, Teachers] = {}
+        run_cfg = dataclasses.replace(cfg, keep_best_every=every)
+        train_teachers(
+            params,
+            run_cfg,
+            make_env,
+            seed=1,
+            progress=False,
+            callback=lambda _, t, last=last: last.update(t=t),
+        )
+        finals.append(last["t"].act(torch.ones(2, 26)))
+    assert torch.equal(*finals)

@@ -80,8 +80,9 @@ class TeacherConfig:
             Not in RAPTOR: SAC teachers short of RAPTOR's 1M steps swing by hundreds of return
             between checkpoints (BENCHMARKS.md, raptor-teachers-budget), and the final weights
             are a lottery ticket.
-        keep_best_episodes: Episodes of each of those evaluations (the same initial states
-            every time, so evaluations compare like with like).
+        keep_best_episodes: Episodes of each of those evaluations, on an env made afresh from
+            the same seed every time (each teacher's first episode starts from the same state;
+            later ones depend on when the other teachers' episodes end).
     """
 
     sac: BatchedSACConfig = dataclasses.field(
@@ -117,7 +118,8 @@ class TeacherConfig:
         actors, initial alpha 0.05 with RAPTOR's target entropy -2,
         and the reward curriculum over the first two thirds of the run, without which the
         action-change penalty of SAC's exploration makes every step cost more than it earns.
-        Each teacher's best of ten evaluations is kept (``keep_best_every``).
+        Each teacher's best weights are kept, evaluated every tenth of the run (at least
+        every 1,000 steps; ``keep_best_every``).
         """
         sac = BatchedSACConfig(
             actor_hidden=(64, 64),
@@ -172,8 +174,11 @@ class Teachers(Policy):
         self.num_teachers, self.obs_dim, self.act_dim = num_teachers, obs_dim, act_dim
         self.actor_hidden = tuple(actor_hidden)
         self.train_returns = None if train_returns is None else [float(r) for r in train_returns]
-        # The actor outputs the Gaussian's mean and log-std; a teacher acts with the mean.
-        self.actor = BatchedMLP(num_teachers, obs_dim, self.actor_hidden, 2 * act_dim)
+        # The actor outputs the Gaussian's mean and log-std; a teacher acts with the mean. Its
+        # initial weights are placeholders for loaded ones: drawn from a forked RNG, so that
+        # making teachers mid-training (checkpoints, evaluations) leaves the run's draws alone.
+        with torch.random.fork_rng(devices=[]):
+            self.actor = BatchedMLP(num_teachers, obs_dim, self.actor_hidden, 2 * act_dim)
         self.actor.to(device).requires_grad_(False)
 
     @property
@@ -419,12 +424,9 @@ def train_teachers(
         if checkpointer is not None and (
             done_steps % cfg.checkpoint_every == 0 or done_steps == cfg.steps
         ):
-            # Teachers first: building them draws initial weights from torch's global RNG,
-            # whose state the checkpoint must hold after that draw.
-            teachers = result()
             train_state = _train_state(done_steps, cfg, agents, replay, sampler, recent)
             train_state["best"] = None if best is None else best.state()
-            checkpointer.save(teachers, train_state)
+            checkpointer.save(result(), train_state)
     bar.close()
     if log is not None:
         log.close()
@@ -453,7 +455,7 @@ class BestTeachers:
         if self.teachers is None:
             self.teachers, self.returns = candidates, returns
             return returns
-        better = returns > self.returns
+        better = (returns > self.returns) | self.returns.isnan()
         kept = self.teachers.actor.state_dict()
         for name, value in candidates.actor.state_dict().items():
             kept[name][better] = value[better]  # state_dict tensors share the weights' storage
@@ -461,7 +463,8 @@ class BestTeachers:
         return returns
 
     def result(self) -> Teachers:
-        """The kept teachers, with their evaluation returns as ``train_returns``."""
+        """The kept teachers, with their evaluation returns as ``train_returns`` (the best of
+        several noisy evaluations, so biased upwards: RAPTOR's selection evaluates again)."""
         assert self.teachers is not None and self.returns is not None
         self.teachers.train_returns = self.returns.tolist()
         return self.teachers
@@ -506,6 +509,8 @@ def _train_state(
             },
         },
         "torch_rng": torch.get_rng_state(),
+        # Warm-up actions and exploration noise come from the device's generator on a GPU.
+        "cuda_rng": (torch.cuda.get_rng_state(replay.obs.device) if replay.obs.is_cuda else None),
         "sampler_rng": sampler.get_state(),
         "recent": recent.cpu(),
     }
@@ -531,5 +536,7 @@ def _restore(
     same = saved["capacity"] == replay.capacity
     replay.pos = saved["pos"] if same else saved["size"] % replay.capacity
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and replay.obs.is_cuda:
+        torch.cuda.set_rng_state(state["cuda_rng"], replay.obs.device)
     sampler.set_state(state["sampler_rng"])
     return int(state["step"])
