@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -156,11 +157,15 @@ def run_sac_scratch(env_id: str, seed: int, budget: int, run_dir: Path) -> list[
     env = make_env(env_id)
     evaluate = evaluator(env_id)
     model_path, buffer_path = run_dir / "model.zip", run_dir / "replay.pkl"
-    curve_path = run_dir / "curve.json"
-    if model_path.exists():
+    curve_path = run_dir / "curve.json"  # written last: the checkpoint's commit marker
+    if curve_path.exists():
         model = SAC.load(model_path, env=env)
         model.load_replay_buffer(buffer_path)
         curve = [tuple(point) for point in json.loads(curve_path.read_text())]
+        # SB3 calls back before storing the step's transition: the buffer is one short.
+        missing = model.num_timesteps - model.replay_buffer.size()
+        if curve[-1][0] != model.num_timesteps or missing not in (0, 1):
+            raise SystemExit(f"{run_dir}: model, replay buffer and curve disagree; delete it")
         print(f"sac_scratch {env_id}: resumed at {model.num_timesteps} steps", flush=True)
     else:
         policy = "MultiInputPolicy" if hasattr(env.observation_space, "spaces") else "MlpPolicy"
@@ -171,13 +176,21 @@ def run_sac_scratch(env_id: str, seed: int, budget: int, run_dir: Path) -> list[
 
     class Eval(BaseCallback):
         def _on_step(self) -> bool:
-            if self.num_timesteps % EVAL_EVERY == 0:
+            if self.num_timesteps % EVAL_EVERY == 0 or self.num_timesteps == budget:
                 curve.append((self.num_timesteps, evaluate(SB3Policy(self.model))))
                 print(f"sac_scratch {env_id} {curve[-1]}", flush=True)
+                # Each file replaced whole, the curve last: a kill mid-save leaves the previous
+                # checkpoint (or a newer model and buffer with the old curve, which the resume
+                # check rejects).
                 run_dir.mkdir(parents=True, exist_ok=True)
-                self.model.save_replay_buffer(buffer_path)
-                self.model.save(model_path)
-                curve_path.write_text(json.dumps(curve))
+                for path, save in (
+                    (buffer_path, self.model.save_replay_buffer),
+                    (model_path, self.model.save),
+                    (curve_path, lambda p: Path(p).write_text(json.dumps(curve))),
+                ):
+                    partial = path.with_name(f"partial-{path.name}")
+                    save(partial)
+                    os.replace(partial, path)
             return True
 
     model.learn(budget - model.num_timesteps, callback=Eval(), reset_num_timesteps=False)
@@ -205,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.method == "base":
         curve = [(0, base_success), (args.budget, base_success)]
     elif args.method == "sac_scratch":
-        run_dir = RESULTS / args.task / f"run-{name}-{args.seed}"
+        run_dir = _claim_run_dir(RESULTS / args.task / f"run-{name}-{args.seed}")
         curve = run_sac_scratch(env_id, args.seed, args.budget, run_dir)
     else:
         cfg = DSRLConfig(
@@ -215,7 +228,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             eval_episodes=EVAL_EPISODES,
             **{**DSRL_OVERRIDES, **dict(_parse_setting(s) for s in args.set)},
         )
-        run_dir = RESULTS / args.task / f"run-{name}-{args.seed}"
+        run_dir = _claim_run_dir(RESULTS / args.task / f"run-{name}-{args.seed}")
         train_dsrl(
             base,
             lambda: make_env(env_id),
@@ -249,6 +262,24 @@ def cmd_run(args: argparse.Namespace) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=list))
     print(f"{path}: final success {curve[-1][1]:.0%} (base {base_success:.0%})")
+
+
+def _claim_run_dir(run_dir: Path) -> Path:
+    """``run_dir``, new or resumable: a run folder started with other rewards (another
+    ``DEMO_FORMAT``; folders without a mark predate it) would mix two reward scales in its
+    replay buffer, so it is refused."""
+    mark = run_dir / "demo_format"
+    if run_dir.exists():
+        found = mark.read_text().strip() if mark.exists() else "1"
+        if found != str(DEMO_FORMAT):
+            raise SystemExit(
+                f"{run_dir} holds a run started with demonstration format {found}, not "
+                f"{DEMO_FORMAT} (the env's rewards changed since): delete it to start over"
+            )
+    else:
+        run_dir.mkdir(parents=True)
+        mark.write_text(f"{DEMO_FORMAT}\n")
+    return run_dir
 
 
 def _parse_setting(text: str) -> tuple[str, Any]:
@@ -316,6 +347,8 @@ def _verdict(results: list[dict[str, Any]]) -> str:
     budgets = range(EVAL_EVERY, BUDGET + 1, EVAL_EVERY)
     pairs = zip(_success_row(runs["na"], budgets), _success_row(runs["sac_scratch"], budgets))
     compared = [(a, b) for a, b in pairs if "-" not in (a, b)]
+    if not compared:
+        return text + "; no evaluation of both yet"
     ahead = all(int(a.rstrip("%")) > int(b.rstrip("%")) for a, b in compared)
     return text + f"; ahead of SAC from scratch at all {len(compared)} evaluations: {_yes(ahead)}"
 
