@@ -75,7 +75,7 @@ class TeacherConfig:
         normalize_obs: Divide the observations by the env's ``observation_scale()`` inside
             the agents (folded into the exported actors' first layer).
         keep_best_every: Every this many steps (and at the end), evaluate every teacher's
-            deterministic policy on ``keep_best_episodes`` fixed episodes and keep its best
+            deterministic policy on ``keep_best_episodes`` episodes and keep its best
             weights so far; the returned teachers are those (0: the final weights, as RAPTOR).
             Not in RAPTOR: SAC teachers short of RAPTOR's 1M steps swing by hundreds of return
             between checkpoints (BENCHMARKS.md, raptor-teachers-budget), and the final weights
