@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Sequence
@@ -97,8 +98,6 @@ def base_policy(task: str) -> tuple[DiffusionPolicy, EpisodeStore]:
     policy_dir = root / "policy"
     store_path = root / "demos.zarr"
     if store_path.exists():
-        import shutil
-
         cached = EpisodeStore.open(store_path)
         if cached.n_episodes < demos or cached.attrs.get("demo_noise") != noise:
             shutil.rmtree(root)  # demonstrations of another setting: record and train anew
@@ -306,13 +305,16 @@ def _success_at(curve: list[list[float]], budget: int) -> float | None:
     return float([v for s, v in curve if s <= budget * 1.02][-1])
 
 
+def _median_success(runs: list[dict[str, Any]], budget: int) -> float | None:
+    """Median success over ``runs`` at ``budget`` (None if no run got that far)."""
+    values = [v for r in runs if (v := _success_at(r["curve"], budget)) is not None]
+    return statistics.median(values) if values else None
+
+
 def _success_row(runs: list[dict[str, Any]], budgets: Sequence[int]) -> list[str]:
     """Median success over ``runs`` at each budget ('-' where no run got that far)."""
-    cells = []
-    for budget in budgets:
-        values = [v for r in runs if (v := _success_at(r["curve"], budget)) is not None]
-        cells.append(f"{statistics.median(values):.0%}" if values else "-")
-    return cells
+    medians = [_median_success(runs, budget) for budget in budgets]
+    return ["-" if m is None else f"{m:.0%}" for m in medians]
 
 
 def _median_curve(runs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -339,17 +341,20 @@ def _verdict(results: list[dict[str, Any]]) -> str:
     runs = {m: [r for r in results if r["method"] == m] for m in ("na", "sac_scratch")}
     if not runs["na"]:
         return "target: no DSRL-NA run yet"
-    na = _success_row(runs["na"], (BUDGET,))[0]
-    reached = na != "-" and int(na.rstrip("%")) >= 90
-    text = f"DSRL-NA {na} at 100k ({len(runs['na'])} seeds, target >= 90%: {_yes(reached)})"
+    na = _median_success(runs["na"], BUDGET)
+    reached = na is not None and na >= 0.9
+    cell = "-" if na is None else f"{na:.0%}"
+    text = f"DSRL-NA {cell} at 100k ({len(runs['na'])} seeds, target >= 90%: {_yes(reached)})"
     if not runs["sac_scratch"]:
         return text + "; no SAC-from-scratch run yet"
     budgets = range(EVAL_EVERY, BUDGET + 1, EVAL_EVERY)
-    pairs = zip(_success_row(runs["na"], budgets), _success_row(runs["sac_scratch"], budgets))
-    compared = [(a, b) for a, b in pairs if "-" not in (a, b)]
+    pairs = [
+        (_median_success(runs["na"], b), _median_success(runs["sac_scratch"], b)) for b in budgets
+    ]
+    compared = [(a, b) for a, b in pairs if a is not None and b is not None]
     if not compared:
         return text + "; no evaluation of both yet"
-    ahead = all(int(a.rstrip("%")) > int(b.rstrip("%")) for a, b in compared)
+    ahead = all(a > b for a, b in compared)
     return text + f"; ahead of SAC from scratch at all {len(compared)} evaluations: {_yes(ahead)}"
 
 
