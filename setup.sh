@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 stamp=.venv/.robolearn-setup
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt hw/px4_msgs/build.sh ]; then
   exit 0
 fi
 . .venv/bin/activate
@@ -30,6 +30,9 @@ python -m pip install -q -e ".[dev]"
 # early if that is broken rather than in the middle of a hardware test.
 if ! python -c "import rclpy, sensor_msgs.msg, trajectory_msgs.msg" 2>/dev/null; then
   echo "setup: warning: rclpy does not import; the hw tests will be skipped" >&2
+elif ! python -c "import px4_msgs.msg" 2>/dev/null; then
+  # PX4's messages have no wheel: build the few the quadrotor adapter speaks (~1 min).
+  bash hw/px4_msgs/build.sh .venv
 fi
 
 # Headless MuJoCo rendering (image observations, videos) goes through EGL.

@@ -243,16 +243,22 @@ def quadrotor_setup(
     )
     if standin_cfg is None:
         return None
-    topics = kwargs.get("topics") or {}
+    from hw.quadrotor_msgs import QuadrotorTopics
+
+    topics = QuadrotorTopics(**(kwargs.get("topics") or {}))
+    twist_in_body = kwargs.get("twist_in_body")
     return {
         **standin_cfg,
         "vehicle": vehicle,
         "init": sim_kwargs.get("init", "raptor"),
-        "frame": kwargs.get("frame", "enu_flu"),
-        "twist_in_body": bool(kwargs.get("twist_in_body", True)),
-        "command_order": kwargs.get("command_order", "policy"),
-        "odometry_topic": topics.get("odometry", "/odometry"),
-        "command_topic": topics.get("command", "/motor_commands"),
+        "interface": kwargs.get("interface", "ros"),
+        # The ros interface's conventions (the px4 interface fixes them; unset there).
+        "frame": kwargs.get("frame") or "enu_flu",
+        "twist_in_body": True if twist_in_body is None else bool(twist_in_body),
+        "command_order": kwargs.get("command_order") or "policy",
+        "odometry_topic": topics.odometry,
+        "command_topic": topics.command,
+        "offboard_topic": topics.offboard_control_mode,
     }
 
 

@@ -448,10 +448,6 @@ class ArmLogImporter:
         return np.clip(np.asarray(values, dtype=np.float32), -1.0, 1.0)
 
 
-ODOMETRY = "nav_msgs/msg/Odometry"
-MOTORS = "std_msgs/msg/Float32MultiArray"
-
-
 class QuadrotorLogImporter:
     """Quadrotor bags -> episodes of ``robolearn/Quadrotor-v0`` (22-D observation, 4 actions).
 
@@ -463,10 +459,14 @@ class QuadrotorLogImporter:
     ``a = 2 u - 1``, and the previous action the one before it.
 
     Args:
-        topics: :class:`~hw.quadrotor_env.QuadrotorTopics` fields (topic names in the bag).
-        frame: ``"enu_flu"`` or ``"ned_frd"``: the odometry's convention.
-        twist_in_body: Whether the odometry's linear velocity is in the body frame.
-        command_order: ``"policy"`` or ``"px4"``: the commands' motor order.
+        topics: :class:`~hw.quadrotor_msgs.QuadrotorTopics` fields (topic names in the bag;
+            unset ones are the interface's defaults).
+        interface: ``"ros"`` (``nav_msgs/Odometry`` and ``Float32MultiArray`` commands) or
+            ``"px4"`` (``VehicleOdometry`` and ``ActuatorMotors``), :mod:`hw.quadrotor_msgs`.
+        frame: ``ros``: ``"enu_flu"`` (default) or ``"ned_frd"``, the odometry's convention.
+        twist_in_body: ``ros``: whether the odometry's linear velocity is in the body frame
+            (default).
+        command_order: ``ros``: ``"policy"`` (default) or ``"px4"``, the commands' motor order.
         target: Position (m, world ENU) the observation's position error is taken to.
         vehicle: The preset of the simulated twin (``env_kwargs`` of the store, and the
             termination bound of the reward).
@@ -478,9 +478,10 @@ class QuadrotorLogImporter:
     def __init__(
         self,
         topics: Mapping[str, Any] | None = None,
-        frame: str = "enu_flu",
-        twist_in_body: bool = True,
-        command_order: str = "policy",
+        interface: str = "ros",
+        frame: str | None = None,
+        twist_in_body: bool | None = None,
+        command_order: str | None = None,
         target: Sequence[float] = (0.0, 0.0, 0.0),
         vehicle: str = "crazyflie",
         clip_observation: bool = True,
@@ -488,14 +489,29 @@ class QuadrotorLogImporter:
         source: str = "bag",
     ) -> None:
         from hw.frames import check_convention
-        from hw.quadrotor_env import QuadrotorTopics
+        from hw.quadrotor_msgs import (
+            MOTOR_SETPOINTS,
+            NAV_ODOMETRY,
+            PX4,
+            PX4_MOTORS,
+            PX4_ODOMETRY,
+            QuadrotorTopics,
+            check_interface,
+            register_px4_types,
+        )
         from sims.pybullet.quadrotor import Vehicle
         from sims.quadrotor.params import TERMINATION_ARMS
 
-        self.topics = QuadrotorTopics(**dict(topics or {}))
-        self.frame = check_convention(frame)
-        self.twist_in_body = bool(twist_in_body)
-        self.command_order = command_order
+        self.interface = check_interface(interface)
+        if self.interface == PX4:
+            register_px4_types()
+            self._types = (PX4_ODOMETRY, PX4_MOTORS)
+        else:
+            self._types = (NAV_ODOMETRY, MOTOR_SETPOINTS)
+        self.topics = QuadrotorTopics(**dict(topics or {})).resolved(self.interface)
+        self.frame = check_convention(frame or "enu_flu")
+        self.twist_in_body = True if twist_in_body is None else bool(twist_in_body)
+        self.command_order = command_order or "policy"
         self.target = np.asarray(target, dtype=np.float64)
         self.vehicle = vehicle
         self.clip_observation = clip_observation
@@ -512,7 +528,7 @@ class QuadrotorLogImporter:
         ``hw.env`` and ``env_kwargs``); ``overrides`` win."""
         env = dict((description.get("hw") or {}).get("env") or {})
         sim = dict(description.get("env_kwargs") or {})
-        keys = ("topics", "frame", "twist_in_body", "command_order", "target")
+        keys = ("topics", "interface", "frame", "twist_in_body", "command_order", "target")
         kwargs = {k: env[k] for k in keys if k in env}
         kwargs["vehicle"] = sim.get("params", "crazyflie")
         for key in ("clip_observation", "terminate_on_velocity"):
@@ -545,7 +561,10 @@ class QuadrotorLogImporter:
     def _decode(self, messages: Sequence[BagMessage]) -> dict[str, Any]:
         """Odometry in ENU/FLU (world velocity), commands as policy-ordered actions, the
         logged actions and the episode events."""
-        from hw.frames import odometry_to_policy_frame, setpoint_to_action, to_policy_order
+        from hw.frames import setpoint_to_action
+        from hw.quadrotor_msgs import read_motor_command, read_odometry
+
+        odometry_type, command_type = self._types
 
         odometry: tuple[list, list, list] = ([], [], [])
         commands: tuple[list, list, list] = ([], [], [])
@@ -556,31 +575,25 @@ class QuadrotorLogImporter:
                 actions.append((m.log_ns, np.asarray(m.decode().data, dtype=np.float32)))
             elif m.topic == EPISODE_TOPIC:
                 events.append((m.log_ns, json.loads(m.decode().data)))
-            elif m.topic == self.topics.odometry and m.msgtype == ODOMETRY:
-                msg = m.decode()
-                pose, twist = msg.pose.pose, msg.twist.twist
-                o, p, v, w = pose.orientation, pose.position, twist.linear, twist.angular
-                raw = np.array([p.x, p.y, p.z, o.w, o.x, o.y, o.z, v.x, v.y, v.z, w.x, w.y, w.z])
-                if not np.all(np.isfinite(raw)) or not np.linalg.norm(raw[3:7]) > 0.5:
-                    continue  # dropped, as the env drops it
-                parts = odometry_to_policy_frame(
-                    raw[0:3], raw[3:7], raw[7:10], raw[10:13], self.frame, self.twist_in_body
+            elif m.topic == self.topics.odometry and m.msgtype == odometry_type:
+                state, stamp, _ = read_odometry(
+                    m.decode(), m.msgtype, self.frame, self.twist_in_body
                 )
-                parts[1][:] = parts[1] / np.linalg.norm(parts[1])
+                if state is None:
+                    continue  # dropped, as the env drops it
                 odometry[0].append(m.log_ns)
-                odometry[1].append(stamp_ns(msg.header))
-                odometry[2].append(np.concatenate(parts))
-            elif m.topic == self.topics.command and m.msgtype == MOTORS:
-                data = np.asarray(m.decode().data, dtype=np.float64)
-                if data.shape == (4,) and np.all(np.isfinite(data)):
-                    action = setpoint_to_action(to_policy_order(data, self.command_order))
+                odometry[1].append(stamp)
+                odometry[2].append(state)
+            elif m.topic == self.topics.command and m.msgtype == command_type:
+                setpoint = read_motor_command(m.decode(), m.msgtype, self.command_order)
+                if setpoint is not None:
                     commands[0].append(m.log_ns)
                     commands[1].append(0)
-                    commands[2].append(action)
+                    commands[2].append(setpoint_to_action(setpoint))
         if not odometry[0]:
             raise ValueError(
-                f"the bag has no usable {ODOMETRY} messages on {self.topics.odometry} (topics are "
-                "set by hw.env.topics.*)"
+                f"the bag has no usable {odometry_type} messages on {self.topics.odometry} "
+                "(topics are set by hw.env.topics.*, the messages by hw.env.interface)"
             )
         return {
             "odometry": _Series(*odometry),

@@ -2,23 +2,22 @@
 termination of ``robolearn/Quadrotor-v0`` (:mod:`sims.quadrotor.env`), backed by a flight
 controller's odometry and motor topics instead of the torch simulator.
 
-Observations come from ``nav_msgs/Odometry`` (``/odometry``, subscribed best effort so that
-PX4-style best-effort and reliable publishers are both heard). The frame convention is
-configurable (:mod:`hw.frames`): ``enu_flu`` (ROS: world ENU, body FLU) or ``ned_frd`` (PX4:
-world NED, body FRD); the linear velocity is read in the body frame (``nav_msgs`` semantics:
-twist in ``child_frame_id``) or, with ``twist_in_body=False``, in the world frame (PX4's
-``VehicleOdometry``). Everything is converted to ENU/FLU and the policy's 22-D input is built by
-the same :func:`~robolearn.robots.quadrotor.raptor_observation` as in simulation: position error
-to ``target`` and velocity error (clipped to +-0.5 m and +-1 m/s), rotation matrix, body rates,
+Two driver interfaces (:mod:`hw.quadrotor_msgs`): ``ros`` reads ``nav_msgs/Odometry``
+(``/odometry``) in a configurable frame convention (:mod:`hw.frames`: ``enu_flu``, ROS's world
+ENU / body FLU, or ``ned_frd``, PX4's world NED / body FRD), the linear velocity in the body
+frame (``nav_msgs`` semantics: twist in ``child_frame_id``) or, with ``twist_in_body=False``, in
+the world frame, and publishes the motor setpoints ``u = (a + 1) / 2`` of actions ``a`` in
+[-1, 1] as ``std_msgs/Float32MultiArray`` (``/motor_commands``) in the policy's [FR, BR, BL, FL]
+order or PX4's QuadX order (``command_order``). ``px4`` speaks PX4's own topics:
+``px4_msgs/VehicleOdometry`` (``/fmu/out/vehicle_odometry``, frames as each message states),
+``px4_msgs/ActuatorMotors`` (``/fmu/in/actuator_motors``, QuadX, NaN = motor stopped) and the
+``OffboardControlMode`` heartbeat (``direct_actuator``) at 10 Hz for as long as the env is
+open; switching the vehicle into offboard mode and arming it stay with the pilot. Odometry is
+subscribed best effort, so best-effort (PX4) and reliable publishers are both heard. Everything
+is converted to ENU/FLU and the policy's 22-D input is built by the same
+:func:`~robolearn.robots.quadrotor.raptor_observation` as in simulation: position error to
+``target`` and velocity error (clipped to +-0.5 m and +-1 m/s), rotation matrix, body rates,
 and the previous action.
-
-Actions ``a`` in [-1, 1] become motor setpoints ``u = (a + 1) / 2`` published as
-``std_msgs/Float32MultiArray`` (``/motor_commands``) in the policy's [FR, BR, BL, FL] order or
-PX4's QuadX order (``command_order``), which is what PX4's ``ActuatorMotors.control`` carries for
-non-reversible motors. Publishing ``px4_msgs/ActuatorMotors`` itself, with the
-``OffboardControlMode`` heartbeat (``direct_actuator``) PX4 requires, needs the ``px4_msgs``
-package, which has no PyPI wheel: a bridge node from this topic, or the same publisher with
-:func:`hw.frames.px4_actuator_controls` where ``px4_msgs`` is built, is the next step.
 
 ``step`` runs at the control rate (100 Hz, as the policy was trained; ``control_hz`` changes
 it): it publishes, sleeps until the next tick, then reads the freshest odometry; with
@@ -40,7 +39,6 @@ next reset, the vehicle keeps its last command.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -53,13 +51,24 @@ import numpy as np
 from hw.frames import (
     ENU_FLU,
     MOTOR_ORDERS,
+    POLICY_ORDER,
     action_to_setpoint,
     check_convention,
-    odometry_to_policy_frame,
     quat_to_rotation,
-    reorder,
 )
-from hw.ros import command_qos, stamp_to_ns
+from hw.quadrotor_msgs import (
+    HEARTBEAT_HZ,
+    PX4,
+    ROS,
+    QuadrotorTopics,
+    check_interface,
+    message_types,
+    motor_command,
+    offboard_heartbeat,
+    read_odometry,
+    register_px4_types,
+)
+from hw.ros import command_qos
 from hw.ros_env import RosEnv, Sample, as_config
 from hw.safety import QuadrotorSafety, QuadrotorSafetyConfig
 from robolearn.robots.quadrotor import (
@@ -71,19 +80,6 @@ from robolearn.robots.quadrotor import (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class QuadrotorTopics:
-    """Topic names of the quadrotor driver.
-
-    Attributes:
-        odometry: ``nav_msgs/Odometry`` of the vehicle.
-        command: ``std_msgs/Float32MultiArray`` of the four motor setpoints in [0, 1].
-    """
-
-    odometry: str = "/odometry"
-    command: str = "/motor_commands"
-
-
 class ROS2QuadrotorEnv(RosEnv):
     """A quadrotor on ROS 2 (or the stand-in hardware node, :mod:`hw.standin_quadrotor`).
 
@@ -91,13 +87,18 @@ class ROS2QuadrotorEnv(RosEnv):
         vehicle: ``"crazyflie"`` or ``"x500"``: the preset whose arm length sets the
             simulator's termination bound (20 arm lengths from the target) and whose thrust
             curve sets the ``land`` command's setpoint.
-        frame: Frame convention of the odometry, ``"enu_flu"`` or ``"ned_frd"``.
-        twist_in_body: Read the odometry's linear velocity in the body frame (``nav_msgs``),
-            else in the world frame (PX4's ``VehicleOdometry``).
-        command_order: Motor order of the published commands, ``"policy"`` or ``"px4"``.
+        interface: The driver's messages, ``"ros"`` or ``"px4"`` (module docstring).
+        frame: ``ros`` interface: frame convention of the odometry, ``"enu_flu"`` (default) or
+            ``"ned_frd"``. The ``px4`` interface fixes it (leave it ``None``), as it fixes the
+            velocity frame and the motor order.
+        twist_in_body: ``ros`` interface: read the odometry's linear velocity in the body frame
+            (``nav_msgs``, the default), else in the world frame.
+        command_order: ``ros`` interface: motor order of the published commands, ``"policy"``
+            (default) or ``"px4"``.
         target: Position (m, world ENU) the policy holds; ``reset(options={"target": ...})``
             changes it for an episode.
-        topics: A :class:`QuadrotorTopics` or a mapping of its fields.
+        topics: A :class:`~hw.quadrotor_msgs.QuadrotorTopics` or a mapping of its fields;
+            unset names take the interface's defaults.
         safety: A :class:`~hw.safety.QuadrotorSafetyConfig` or a mapping of its fields.
         scene_reset_node: A node serving ``<node>/reset`` (``std_srvs/Trigger``) with ``seed``
             and ``initial_state`` parameters, called by ``reset`` (the stand-in does this);
@@ -122,9 +123,10 @@ class ROS2QuadrotorEnv(RosEnv):
     def __init__(
         self,
         vehicle: str = "crazyflie",
-        frame: str = ENU_FLU,
-        twist_in_body: bool = True,
-        command_order: str = "policy",
+        interface: str = ROS,
+        frame: str | None = None,
+        twist_in_body: bool | None = None,
+        command_order: str | None = None,
         target: tuple[float, float, float] | list[float] = (0.0, 0.0, 0.0),
         topics: QuadrotorTopics | Mapping[str, Any] | None = None,
         safety: QuadrotorSafetyConfig | Mapping[str, Any] | None = None,
@@ -143,11 +145,31 @@ class ROS2QuadrotorEnv(RosEnv):
 
         if vehicle not in PRESETS:
             raise ValueError(f"vehicle must be one of {PRESETS}, got {vehicle!r}")
-        self.frame = check_convention(frame)
-        if command_order not in MOTOR_ORDERS:
-            raise ValueError(f"command_order must be one of {MOTOR_ORDERS}, got {command_order!r}")
+        self.interface = check_interface(interface)
+        if self.interface == PX4:
+            given = [
+                name
+                for name, value in (
+                    ("frame", frame),
+                    ("twist_in_body", twist_in_body),
+                    ("command_order", command_order),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"the px4 interface fixes the frames and the motor order: leave {given} unset"
+                )
+            register_px4_types()  # a recorder writes px4_msgs into its bag
+        self.frame = check_convention(frame or ENU_FLU)
+        self.twist_in_body = True if twist_in_body is None else bool(twist_in_body)
+        self.command_order = command_order or POLICY_ORDER
+        if self.command_order not in MOTOR_ORDERS:
+            raise ValueError(
+                f"command_order must be one of {MOTOR_ORDERS}, got {self.command_order!r}"
+            )
         self.target = _position(target, "target")
-        self.topics = as_config(QuadrotorTopics, topics)
+        self.topics = as_config(QuadrotorTopics, topics).resolved(self.interface)
         super().__init__(
             QUADROTOR_SPEC,
             control_hz=control_hz,
@@ -157,8 +179,6 @@ class ROS2QuadrotorEnv(RosEnv):
             sync_to_pacing_topic=sync_to_odometry,
         )
         self.vehicle = vehicle
-        self.twist_in_body = bool(twist_in_body)
-        self.command_order = command_order
         self.sync_to_odometry = sync_to_odometry
         self.clip_observation = clip_observation
         self.terminate_on_velocity = terminate_on_velocity
@@ -178,66 +198,48 @@ class ROS2QuadrotorEnv(RosEnv):
         self._episode_target = self.target.copy()
         self._prev_action = np.zeros(4, dtype=np.float32)
         self._last_setpoint = np.zeros(4)
+        self._last_stamp_ns = 0  # of the newest observation: ActuatorMotors.timestamp_sample
         self._start_node(node_name, domain_id)
 
     # --- ROS wiring -------------------------------------------------------------------------
 
     def _setup_topics(self, node: Any) -> None:
-        from nav_msgs.msg import Odometry
-        from std_msgs.msg import Float32MultiArray
+        from hw.recorder import ros_type_name
 
-        self._subscribe(Odometry, self.topics.odometry, self._on_odometry)
+        odometry_type, command_type = message_types(self.interface)
+        self._odometry_type = ros_type_name(odometry_type)
+        self._subscribe(odometry_type, self.topics.odometry, self._on_odometry)
         self._required_topics = self._watched_topics = [self.topics.odometry]
-        self._command_pub = node.create_publisher(
-            Float32MultiArray, self.topics.command, command_qos()
-        )
+        self._command_pub = node.create_publisher(command_type, self.topics.command, command_qos())
         # Streams the safe command while one is engaged (PX4 drops out of offboard without a
         # steady stream, and a held last policy command is not safe).
         node.create_timer(self.dt, self._publish_safe)
+        if self.interface == PX4:
+            heartbeat_type = type(offboard_heartbeat(0))
+            heartbeat = node.create_publisher(
+                heartbeat_type, self.topics.offboard_control_mode, command_qos()
+            )
+            node.create_timer(
+                1.0 / HEARTBEAT_HZ,
+                lambda: heartbeat.publish(offboard_heartbeat(self._now_ns())),
+            )
 
     def _recorded_topics(self) -> list[tuple[str, type]]:
-        from nav_msgs.msg import Odometry
-        from std_msgs.msg import Float32MultiArray
+        odometry_type, command_type = message_types(self.interface)
+        return [(self.topics.odometry, odometry_type), (self.topics.command, command_type)]
 
-        return [(self.topics.odometry, Odometry), (self.topics.command, Float32MultiArray)]
+    def _now_ns(self) -> int:
+        return self.node.get_clock().now().nanoseconds
 
     def _on_odometry(self, msg: Any, data: bytes) -> None:
-        pose, twist = msg.pose.pose, msg.twist.twist
-        o = pose.orientation
-        raw = np.array(
-            [
-                pose.position.x,
-                pose.position.y,
-                pose.position.z,
-                o.w,
-                o.x,
-                o.y,
-                o.z,
-                twist.linear.x,
-                twist.linear.y,
-                twist.linear.z,
-                twist.angular.x,
-                twist.angular.y,
-                twist.angular.z,
-            ]
-        )
-        if not np.all(np.isfinite(raw)):
-            self._drop(self.topics.odometry, f"non-finite odometry {raw.round(3).tolist()}", data)
-            return
-        if not np.linalg.norm(raw[3:7]) > 0.5:
-            why = f"orientation {raw[3:7].tolist()} is not a unit quaternion"
-            self._drop(self.topics.odometry, why, data)
-            return
-        p, q, v, w = odometry_to_policy_frame(
-            raw[0:3], raw[3:7], raw[7:10], raw[10:13], self.frame, self.twist_in_body
-        )
         # The value: [p, q (w, x, y, z), v, omega] in ENU/FLU, the velocity in the world frame.
-        sample = Sample(
-            np.concatenate([p, q / np.linalg.norm(q), v, w]),
-            stamp_to_ns(msg.header.stamp),
-            time.monotonic(),
+        state, stamp_ns, problem = read_odometry(
+            msg, self._odometry_type, self.frame, self.twist_in_body
         )
-        self._accept(self.topics.odometry, sample, data)
+        if state is None:
+            self._drop(self.topics.odometry, problem, data)
+            return
+        self._accept(self.topics.odometry, Sample(state, stamp_ns, time.monotonic()), data)
 
     def _engage_estop(self) -> str:
         self._engage_safe_command()
@@ -249,10 +251,16 @@ class ROS2QuadrotorEnv(RosEnv):
         """Publish motor setpoints (policy order, [0, 1]) in the configured order; policy
         commands only while no safe command is engaged (an e-stop from another thread wins over
         a step about to publish), safe commands only while one is."""
-        from std_msgs.msg import Float32MultiArray
-
-        values = reorder(np.clip(setpoint, 0.0, 1.0), self.command_order)
-        msg = Float32MultiArray(data=[float(x) for x in values])
+        # A safe command of all zeros is a cut: None stops PX4's motors (NaN), where 0 would
+        # leave them idling armed.
+        cut = not from_policy and not np.any(setpoint)
+        msg = motor_command(
+            self.interface,
+            None if cut else setpoint,
+            self.command_order,
+            now_ns=self._now_ns(),
+            sample_ns=self._last_stamp_ns,
+        )
         with self._pub_lock:
             # A policy command after a safe command was engaged, or a safe command (from the
             # timer) after reset released it: neither may go out.
@@ -295,7 +303,9 @@ class ROS2QuadrotorEnv(RosEnv):
     # --- observations -----------------------------------------------------------------------
 
     def _observe(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-        """The 22-D observation and the position error (world ENU)."""
+        """The 22-D observation and the position error (world ENU); the sample's stamp is what
+        the next command answers."""
+        self._last_stamp_ns = sample.stamp_ns
         p, q, v, w = np.split(sample.value, [3, 7, 10])
         p_err = p - self._episode_target
         obs = raptor_observation(

@@ -4,14 +4,20 @@ vehicle.
 
 Topics and services:
 
-* publishes ``/odometry`` (``nav_msgs/Odometry``, best effort like PX4's ``/fmu/out`` topics)
-  at ``odometry_hz`` (100 Hz, PX4's ``vehicle_odometry`` rate), in the configured frame
-  convention (``enu_flu`` or ``ned_frd``, :mod:`hw.frames`): pose in the world frame, twist in
-  the body frame (``nav_msgs`` semantics) or, with ``twist_in_body: false``, the linear
-  velocity in the world frame (PX4's ``VehicleOdometry``); header stamp = measurement time;
-* subscribes ``/motor_commands`` (``std_msgs/Float32MultiArray``): four motor setpoints in
-  [0, 1] in the configured order (``policy`` [FR, BR, BL, FL] or ``px4`` QuadX), clipped;
-  a NaN entry stops that motor, as in PX4's ``ActuatorMotors``; the last command is held;
+* publishes the odometry (best effort like PX4's ``/fmu/out`` topics) at ``odometry_hz``
+  (100 Hz, PX4's ``vehicle_odometry`` rate), stamped with the measurement time. With the
+  ``ros`` interface (:mod:`hw.quadrotor_msgs`): ``/odometry``, ``nav_msgs/Odometry`` in the
+  configured frame convention (``enu_flu`` or ``ned_frd``, :mod:`hw.frames`), pose in the world
+  frame, twist in the body frame (``nav_msgs`` semantics) or, with ``twist_in_body: false``,
+  the linear velocity in the world frame. With ``px4``: ``/fmu/out/vehicle_odometry``,
+  ``px4_msgs/VehicleOdometry`` as PX4's estimator sends it (NED, velocity in NED);
+* subscribes the motor commands: ``ros``: ``/motor_commands``, ``std_msgs/Float32MultiArray``
+  of four setpoints in [0, 1] in the configured order (``policy`` [FR, BR, BL, FL] or ``px4``
+  QuadX); ``px4``: ``/fmu/in/actuator_motors``, ``px4_msgs/ActuatorMotors``, obeyed only while
+  the ``OffboardControlMode`` heartbeat with ``direct_actuator`` (``/fmu/in/
+  offboard_control_mode``) is fresher than ``offboard_timeout``, as PX4 obeys them only in
+  offboard mode (a command without it stops the motors). Setpoints are clipped, a NaN stops
+  its motor (PX4's convention), and the last command is held;
 * serves ``~/reset`` (``std_srvs/Trigger``): a new episode from the ``initial_state``
   parameter when it is set (17 numbers ``[p, q (w, x, y, z), v, omega_body, motors]`` in
   ENU/FLU), else drawn exactly as ``robolearn/Quadrotor-v0`` draws it (``init``) for the seed in
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,7 +48,16 @@ from hw.frames import (
     check_convention,
     policy_frame_to_odometry,
     quat_multiply,
-    to_policy_order,
+)
+from hw.quadrotor_msgs import (
+    PX4,
+    ROS,
+    QuadrotorTopics,
+    check_interface,
+    import_px4_msgs,
+    message_types,
+    px4_odometry,
+    read_motor_command,
 )
 from hw.ros import ns_to_stamp, sensor_qos
 from hw.standin import StandIn, config_from_mapping, standin_config, standin_main
@@ -59,10 +75,12 @@ class StandInQuadrotorConfig:
         node_name: The node's name (its reset service is ``/<node_name>/reset``).
         odometry_hz: Rate of the odometry (a measurement per tick of the physics loop).
         physics_hz: Rate of the PyBullet steps (a multiple of ``odometry_hz``).
-        frame: Frame convention of the odometry: ``"enu_flu"`` (ROS) or ``"ned_frd"`` (PX4).
-        twist_in_body: Linear velocity in the body frame (``nav_msgs/Odometry``), else in the
-            world frame.
-        command_order: Motor order of the commands: ``"policy"`` or ``"px4"``.
+        interface: The driver's messages: ``"ros"`` or ``"px4"`` (module docstring).
+        frame: ``ros``: frame convention of the odometry, ``"enu_flu"`` or ``"ned_frd"``.
+        twist_in_body: ``ros``: linear velocity in the body frame (``nav_msgs/Odometry``), else
+            in the world frame.
+        command_order: ``ros``: motor order of the commands, ``"policy"`` or ``"px4"``.
+        offboard_timeout: ``px4``: seconds a heartbeat keeps the motor commands obeyed.
         init: Initial-state distribution of seeded resets (as ``robolearn/Quadrotor-v0``'s).
         latency: Seconds from a measurement to its delivery.
         jitter: Extra delivery delay, uniform in ``[0, jitter]`` seconds (order is kept).
@@ -73,8 +91,9 @@ class StandInQuadrotorConfig:
         angular_velocity_noise: Standard deviation of the body-rate noise (rad/s).
         seed: Seed of the noise and of episodes reset without a seed.
         physics: Mapping of :class:`~sims.pybullet.quadrotor.QuadrotorPhysics` fields.
-        odometry_topic: Published odometry topic.
-        command_topic: Subscribed motor command topic.
+        odometry_topic: Published odometry topic (``None``: the interface's default).
+        command_topic: Subscribed motor command topic (``None``: the interface's default).
+        offboard_topic: ``px4``: the subscribed offboard heartbeat topic.
         world_frame_id: ``header.frame_id`` of the odometry.
         body_frame_id: ``child_frame_id`` of the odometry.
     """
@@ -83,9 +102,11 @@ class StandInQuadrotorConfig:
     node_name: str = "standin_quadrotor"
     odometry_hz: float = 100.0
     physics_hz: float = 400.0
+    interface: str = ROS
     frame: str = ENU_FLU
     twist_in_body: bool = True
     command_order: str = "policy"
+    offboard_timeout: float = 0.5
     init: str = "raptor"
     latency: float = 0.003
     jitter: float = 0.002
@@ -96,8 +117,9 @@ class StandInQuadrotorConfig:
     angular_velocity_noise: float = 0.01
     seed: int = 0
     physics: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    odometry_topic: str = "/odometry"
-    command_topic: str = "/motor_commands"
+    odometry_topic: str | None = None
+    command_topic: str | None = None
+    offboard_topic: str = QuadrotorTopics.offboard_control_mode
     world_frame_id: str = "odom"
     body_frame_id: str = "base_link"
 
@@ -106,6 +128,7 @@ class StandInQuadrotorConfig:
 
         if self.vehicle not in PRESETS:
             raise ValueError(f"standin.vehicle must be one of {PRESETS}, got {self.vehicle!r}")
+        check_interface(self.interface, "standin.interface")
         check_convention(self.frame, "standin.frame")
         if self.command_order not in MOTOR_ORDERS:
             raise ValueError(
@@ -125,6 +148,7 @@ class StandInQuadrotorConfig:
             "latency",
             "jitter",
             "command_latency",
+            "offboard_timeout",
             "position_noise",
             "attitude_noise",
             "velocity_noise",
@@ -183,33 +207,58 @@ class StandInQuadrotor(StandIn):
     # --- ROS wiring -------------------------------------------------------------------------
 
     def _setup_node(self, node: Any) -> None:
-        from nav_msgs.msg import Odometry
         from rcl_interfaces.msg import ParameterDescriptor
-        from std_msgs.msg import Float32MultiArray
         from std_srvs.srv import Trigger
 
+        from hw.recorder import ros_type_name
+
         cfg = self.config
+        topics = QuadrotorTopics(cfg.odometry_topic, cfg.command_topic).resolved(cfg.interface)
+        odometry_type, command_type = message_types(cfg.interface)
+        self._command_type = ros_type_name(command_type)
+        self._heartbeat_at: float | None = None  # monotonic arrival of the last heartbeat
         node.declare_parameter("seed", -1)
         node.declare_parameter(
             "initial_state",
             [0.0],
             ParameterDescriptor(description="17 numbers [p, q, v, omega, motors]; [0.0] = none"),
         )
-        self._odom_pub = node.create_publisher(Odometry, cfg.odometry_topic, sensor_qos())
+        self._odom_pub = node.create_publisher(odometry_type, topics.odometry, sensor_qos())
         # Best effort hears both kinds of publisher; only the newest command matters.
         node.create_subscription(
-            Float32MultiArray, cfg.command_topic, self._on_command, sensor_qos(depth=1)
+            command_type, topics.command, self._on_command, sensor_qos(depth=1)
         )
+        if cfg.interface == PX4:
+            node.create_subscription(
+                import_px4_msgs().OffboardControlMode,
+                cfg.offboard_topic,
+                self._on_heartbeat,
+                sensor_qos(depth=1),
+            )
         node.create_service(Trigger, "~/reset", self._on_reset)
 
+    def _on_heartbeat(self, msg: Any) -> None:
+        if msg.direct_actuator:
+            self._heartbeat_at = time.monotonic()
+
+    def _in_offboard(self) -> bool:
+        """Whether PX4 would obey motor commands now (the ``ros`` interface always does)."""
+        if self.config.interface != PX4:
+            return True
+        at = self._heartbeat_at
+        return at is not None and time.monotonic() - at < self.config.offboard_timeout
+
     def _on_command(self, msg: Any) -> None:
-        values = np.asarray(msg.data, dtype=np.float64)
-        if values.shape != (4,):
-            self.node.get_logger().error(f"motor command of {values.size} values, not 4; ignored")
+        setpoint = read_motor_command(msg, self._command_type, self.config.command_order)
+        if setpoint is None:
+            self.node.get_logger().error("motor command without four finite values; ignored")
             return
-        # NaN stops a motor (PX4's ActuatorMotors convention).
-        values = np.where(np.isnan(values), 0.0, values)
-        setpoint = to_policy_order(values, self.config.command_order)
+        if not self._in_offboard():
+            self.node.get_logger().warning(
+                "motor command without a fresh OffboardControlMode heartbeat: motors stopped",
+                throttle_duration_sec=1.0,
+            )
+            setpoint = np.zeros(4)
 
         def apply() -> None:
             with self._lock:
@@ -259,8 +308,6 @@ class StandInQuadrotor(StandIn):
 
     def _publish(self, stamp_ns: int, state: np.ndarray) -> None:
         """Queue the odometry of ``state`` for delivery after the link latency."""
-        from nav_msgs.msg import Odometry
-
         cfg, rng = self.config, self._rng
         p, q, v, w = state[0:3], state[3:7], state[7:10], state[10:13]
         if cfg.position_noise:
@@ -273,6 +320,12 @@ class StandInQuadrotor(StandIn):
             v = v + rng.normal(0.0, cfg.velocity_noise, 3)
         if cfg.angular_velocity_noise:
             w = w + rng.normal(0.0, cfg.angular_velocity_noise, 3)
+        if cfg.interface == PX4:
+            msg = px4_odometry(np.concatenate([p, q, v, w]), stamp_ns)
+            self._deliver(lambda: self._odom_pub.publish(msg))
+            return
+        from nav_msgs.msg import Odometry
+
         p, q, v, w = policy_frame_to_odometry(p, q, v, w, cfg.frame, cfg.twist_in_body)
         msg = Odometry()
         msg.header.stamp = ns_to_stamp(stamp_ns)
@@ -305,7 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         StandInQuadrotorConfig,
         ("vehicle", ["crazyflie", "x500"]),
         '{"frame": "ned_frd", "physics": {"mass_scale": 1.1}}',
-        lambda config: f"quadrotor ({config.vehicle}, {config.frame})",
+        lambda config: (
+            f"quadrotor ({config.vehicle}, "
+            f"{'px4_msgs' if config.interface == PX4 else config.frame})"
+        ),
     )
 
 

@@ -4,7 +4,7 @@ For machines with ROS 2 installed; the `robolearn` command must be on PATH:
 
     # rehearsal: the stand-in quadrotor as its own launched process, then the policy loop
     ros2 launch launch/deploy_quadrotor.launch.py policy:=raptor_released vehicle:=x500
-    # a real vehicle whose odometry and motor command bridge are already running
+    # a real PX4 vehicle (its uXRCE-DDS agent running), in offboard mode when the loop starts
     ros2 launch launch/deploy_quadrotor.launch.py policy:=<ckpt> hw:=ros2_quadrotor standin:=false
 
 Equivalent to `robolearn deploy policy=<ckpt> hw=<hw> env.kwargs.params=<vehicle>`, which needs

@@ -19,13 +19,26 @@ from robolearn.cli import main  # noqa: E402
 from robolearn.data.rosbag import read_bag  # noqa: E402
 from robolearn.data.store import EpisodeStore  # noqa: E402
 
+#: The two driver interfaces: nav_msgs/Float32MultiArray in PX4's frame and motor conventions,
+#: and PX4's own px4_msgs topics (hw.quadrotor_msgs).
+INTERFACES = {
+    "ros": ["hw.env.frame=ned_frd", "hw.env.command_order=px4"],
+    "px4": ["hw.env.interface=px4"],
+}
+TOPICS = {
+    "ros": ("/odometry", "/motor_commands", "ned_frd"),
+    "px4": ("/fmu/out/vehicle_odometry", "/fmu/in/actuator_motors", "px4_msgs"),
+}
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
+
+@pytest.fixture(scope="module", params=sorted(INTERFACES))
+def deployment(request, tmp_path_factory):
     """One x500 episode (5 s, RAPTOR's initial-state distribution) on the stand-in in PX4's
-    conventions, as the README's command runs it."""
+    conventions, as the README's command runs it; the run folder and the interface."""
     import os
 
+    if request.param == "px4":
+        pytest.importorskip("px4_msgs", reason="px4_msgs is built by ./setup.sh")
     run = tmp_path_factory.mktemp("quad") / "run"
     with pytest.MonkeyPatch.context() as env:
         # Like tests.hw_fixtures.ros_domain, for a module-scoped fixture.
@@ -40,17 +53,18 @@ def deployment(tmp_path_factory):
                 "seed=3",
                 "env.kwargs.params=x500",
                 "env.kwargs.terminate_on_velocity=false",  # RAPTOR's evaluation protocol
-                "hw.env.frame=ned_frd",
-                "hw.env.command_order=px4",
+                *INTERFACES[request.param],
                 f"run_dir={run}",
                 "progress=false",
             ]
         )
     assert code == 0
-    return run
+    return run, request.param
 
 
 def test_deploy_records_the_flight(deployment):
+    deployment, interface = deployment
+    odometry, command, label = TOPICS[interface]
     store = EpisodeStore.open(deployment / "episodes.zarr")
     assert store.attrs["env_id"] == "robolearn/Quadrotor-v0"  # the twin: replayable in sim
     assert store.attrs["hw_env_id"] == "robolearn/ROS2Quadrotor-v0"
@@ -64,9 +78,9 @@ def test_deploy_records_the_flight(deployment):
     report = json.loads((deployment / "report.json").read_text())
     assert report["survival_rate"] == 1.0
     assert report["final_error_m"]["mean"] < 0.06  # measured 2.5 cm (the simulator: 2 cm)
-    assert "(x500, ned_frd) up as /standin_quadrotor" in (deployment / "standin.log").read_text()
+    assert f"(x500, {label}) up as /standin_quadrotor" in (deployment / "standin.log").read_text()
     topics = {m.topic for m in read_bag(deployment / "bag")}
-    assert {"/odometry", "/motor_commands", "/robolearn/action"} <= topics
+    assert {odometry, command, "/robolearn/action"} <= topics
 
 
 def test_deploy_refuses_a_sampled_vehicle(tmp_path, ros_domain, capsys):  # noqa: F811
@@ -81,6 +95,7 @@ def test_deploy_refuses_a_sampled_vehicle(tmp_path, ros_domain, capsys):  # noqa
 def test_deployment_bag_imports_back_into_the_store(deployment, tmp_path):
     from hw.logs import import_bag
 
+    deployment, _ = deployment
     store = EpisodeStore.open(deployment / "episodes.zarr")
     back = import_bag(deployment / "bag", tmp_path / "back.zarr")
     assert back.attrs["env_id"] == "robolearn/Quadrotor-v0" and back.n_episodes == 1
@@ -185,6 +200,7 @@ def test_foreign_bag_in_px4_conventions(tmp_path):
 def test_deployment_replays_in_the_simulator(deployment, tmp_path):
     """The logged actions re-executed open loop in robolearn/Quadrotor-v0 from the seed: the
     same start (the stand-in's first odometry is one period into the flight), then drift."""
+    deployment, _ = deployment
     run = tmp_path / "replay"
     assert main(["replay", f"log={deployment}", f"run_dir={run}", "video_episodes=0"]) == 0
     report = json.loads((run / "report.json").read_text())
