@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from robolearn.algos.raptor.teachers import BestTeachers, TeacherConfig, Teachers, train_teachers
+from robolearn.algos.batched_sac import BatchedSAC
+from robolearn.algos.raptor.teachers import (
+    BestTeachers,
+    SharedTeacherEnv,
+    TeacherConfig,
+    Teachers,
+    train_teachers,
+)
 from robolearn.policy import load_policy
 from robolearn.training import read_metric
 from sims.quadrotor.params import preset, sample_params
@@ -193,3 +201,84 @@ def test_keep_best_run_returns_its_best_evaluated_teachers_and_resumes(tmp_path)
         )
         finals.append(last["t"].act(torch.ones(2, 26)))
     assert torch.equal(*finals)
+
+
+def test_shared_teacher_expands_into_equivalent_per_vehicle_actors():
+    torch.manual_seed(0)
+    env = SharedTeacherEnv(make_env(sample_params(5, seed=2), 0, "cpu"))
+    cfg = TeacherConfig.shared_cpu_budget().sac
+    agent = BatchedSAC(1, env.obs_dim, 4, cfg)
+    for p in agent.actor.parameters():  # not the near-zero output of a fresh init
+        p.data.normal_(0.0, 0.3)
+    teachers = env.expand(agent)
+    assert teachers.num_teachers == 5
+    mean = agent.actor(env.reset()[None])[0, :, :4]
+    # What the vehicles' motors receive when the deterministic shared agent acts, from the raw
+    # 26-D teacher observations of the same states (as distillation feeds them).
+    expected = torch.tanh(mean + env.hover_offset)
+    torch.testing.assert_close(teachers.act(env.env.observe()), expected, atol=1e-5, rtol=1e-5)
+    # Zero agent output hovers every vehicle.
+    torch.testing.assert_close(
+        torch.tanh(env.hover_offset), env.env.hover_action(), atol=2e-3, rtol=0
+    )
+
+
+class VehicleTargetEnv(TargetEnv):
+    """One-step episodes where each vehicle's best motor command depends on its parameters:
+    vehicle ``i`` is rewarded ``-|a - 0.6 f_i|`` summed over its motors, ``f_i`` the first of
+    its features. A policy blind to the features scores about -1.2 at best."""
+
+    action_change_weight = orientation_weight = 1.0
+
+    def __init__(self, params: int, seed: int, device: str) -> None:
+        super().__init__(params, seed, device)
+        self.features = torch.rand(params, 3, generator=torch.Generator().manual_seed(7)) * 2 - 1
+        self.target = 0.6 * self.features[:, :1]
+
+    def step(self, action: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        reward = -(action - self.target).abs().sum(1)
+        done = torch.ones(self.num_envs, dtype=torch.bool)
+        return self.reset(), reward, ~done, done
+
+    def observation_scale(self) -> torch.Tensor:
+        return torch.ones(self.num_envs, self.obs_dim)
+
+    def vehicle_features(self) -> torch.Tensor:
+        return self.features
+
+    def hover_action(self) -> torch.Tensor:
+        return torch.full((self.num_envs, 4), -0.3)
+
+
+def test_shared_teacher_learns_to_act_on_each_vehicles_parameters_and_resumes(tmp_path):
+    n = 64
+    cfg = TeacherConfig.shared_cpu_budget(400)
+    cfg = dataclasses.replace(cfg, log_every=100, keep_best_every=0, curriculum_steps=0)
+    cfg.sac = dataclasses.replace(cfg.sac, actor_hidden=(32, 32), critic_hidden=(64, 64))
+    torch.manual_seed(0)
+    initial = SharedTeacherEnv(VehicleTargetEnv(n, 0, "cpu"))
+    before = initial.expand(BatchedSAC(1, initial.obs_dim, 4, cfg.sac))
+    before = before.evaluate(VehicleTargetEnv(n, 0, "cpu"), episodes=1).mean()
+    short = dataclasses.replace(cfg, steps=200, checkpoint_every=200)
+    train_teachers(n, short, VehicleTargetEnv, seed=0, progress=False, run_dir=tmp_path)
+    teachers = train_teachers(n, cfg, VehicleTargetEnv, seed=0, progress=False, run_dir=tmp_path)
+    after = teachers.evaluate(VehicleTargetEnv(n, 0, "cpu"), episodes=1).mean()
+    # Well past any feature-blind policy (-1.2), and far from where it started.
+    assert after > -0.6 and after > before + 0.5, (before, after)
+    steps, _ = read_metric(tmp_path, "return/q50")
+    assert steps.tolist() == [100, 200, 300, 400]  # the first run's, then the resumed one's
+    state = torch.load(tmp_path / "checkpoints/latest/train_state.pt", weights_only=False)
+    assert state["step"] == 400 and state["replay"] is None  # refilled, not checkpointed
+
+
+def test_raptor_shared_config_is_the_shared_cpu_preset():
+    from robolearn.cli import compose_config, raptor_config
+
+    cfg = raptor_config(compose_config(["algo=raptor_shared"]))
+    preset = TeacherConfig.shared_cpu_budget(20_000)
+    # The yaml logs and checkpoints more often; hover_init and normalize_obs do not apply.
+    ignored = {"log_every", "checkpoint_every", "hover_init", "normalize_obs"}
+    yaml, expected = (json.loads(json.dumps(c.to_dict())) for c in (cfg.teacher, preset))
+    for name in set(expected) - ignored:
+        assert yaml[name] == expected[name], name
+    assert cfg.teachers == 1000 and cfg.min_teacher_return == 300

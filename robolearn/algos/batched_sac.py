@@ -83,15 +83,20 @@ class BatchedReplay:
         next_obs: torch.Tensor,
         terminated: torch.Tensor,
     ) -> None:
-        """Append one transition per agent (every agent steps together, so one position)."""
-        i = self.pos
+        """Append one transition per agent, ``obs`` (N, dim) and ``reward`` (N,), or K per agent,
+        ``obs`` (N, K, dim) and ``reward`` (N, K) (one agent acting for K envs at once)."""
+        if reward.dim() == 1:
+            obs, action, next_obs = obs[:, None], action[:, None], next_obs[:, None]
+            reward, terminated = reward[:, None], terminated[:, None]
+        k = reward.shape[1]
+        i = (self.pos + torch.arange(k, device=self.obs.device)) % self.capacity
         self.obs[:, i] = obs
         self.action[:, i] = action
         self.reward[:, i, 0] = reward
         self.next_obs[:, i] = next_obs
         self.terminated[:, i, 0] = terminated.float()
-        self.pos = (self.pos + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
+        self.pos = (self.pos + k) % self.capacity
+        self.size = min(self.size + k, self.capacity)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict:
         """``batch_size`` transitions per agent, drawn independently for each agent."""

@@ -184,6 +184,28 @@ class QuadrotorTorchEnv:
         scale[:, 0:3] = INIT_POSITION_ARMS * self._arm[:, None]
         return scale
 
+    def vehicle_features(self) -> torch.Tensor:
+        """``(N, 13)`` each vehicle's parameters as inputs of order 1, for a teacher shared by
+        all vehicles: hover action (4), log mass, log arm length, torque-to-inertia per axis
+        (3, log), yaw torque constant, motor rise and fall time constants, thrust-to-weight;
+        each centred and scaled by the ranges of RAPTOR's distribution."""
+        p = self.params
+        arm = self._arm[:, None]
+        torque_to_inertia = arm * p.max_thrust.mean(1, keepdim=True) / p.inertia
+        return torch.cat(
+            (
+                self.hover_action(),
+                p.mass.log()[:, None] / 2,
+                arm.log() + 2,
+                (torque_to_inertia.log() - 5.5) / 1.5,
+                p.torque_constant[:, None] / 0.05,
+                p.tau_rise[:, None] / 0.1,
+                p.tau_fall[:, None] / 0.3,
+                p.thrust_to_weight[:, None] / 5,
+            ),
+            1,
+        )
+
     def position_error(self) -> torch.Tensor:
         """``(N,)`` distance to the target ``||p - p_ref||``, m."""
         return self.state[:, POSITION].norm(dim=1)

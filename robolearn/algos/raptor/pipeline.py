@@ -51,6 +51,11 @@ class RaptorConfig:
             raise ValueError(
                 f"workers={self.workers}: more workers than teachers ({self.teachers})"
             )
+        if self.workers > 1 and self.teacher.shared:
+            raise ValueError(
+                f"workers={self.workers}: a shared teacher (teacher.shared) is one agent; "
+                "it trains in one process"
+            )
 
 
 def train_raptor(

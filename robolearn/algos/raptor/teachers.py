@@ -83,6 +83,15 @@ class TeacherConfig:
         keep_best_episodes: Episodes of each of those evaluations, on an env made afresh from
             the same seed every time (each teacher's first episode starts from the same state;
             later ones depend on when the other teachers' episodes end).
+        shared: Train one SAC agent for all vehicles instead of one per vehicle: it sees each
+            vehicle's parameters next to its observation and acts relative to its hover command
+            (:class:`SharedTeacherEnv`, which also normalises the observation: ``hover_init``
+            and ``normalize_obs`` do not apply). Not in RAPTOR: its update cost does not grow
+            with the number of vehicles, and every vehicle's experience teaches all of them.
+            The result is expanded into N per-vehicle actors, so selection and distillation
+            are unchanged. ``sac.update_every`` does not apply either: see ``shared_updates``.
+        shared_updates: With ``shared``, gradient steps per env step of all vehicles (the
+            actor every ``sac.actor_every``-th of them).
     """
 
     sac: BatchedSACConfig = dataclasses.field(
@@ -99,6 +108,8 @@ class TeacherConfig:
     normalize_obs: bool = False
     keep_best_every: int = 0
     keep_best_episodes: int = 10
+    shared: bool = False
+    shared_updates: int = 2
 
     def reward_scale(self, step: int) -> float:
         """Fraction of the final action-change and orientation weights used at ``step``."""
@@ -141,6 +152,39 @@ class TeacherConfig:
             checkpoint_every=10_000,
             curriculum_steps=2 * steps // 3,
             keep_best_every=max(steps // 10, 1_000),
+        )
+
+    @classmethod
+    def shared_cpu_budget(cls, steps: int = 20_000) -> TeacherConfig:
+        """A preset for one shared teacher over 1000 vehicles on a CPU (``shared``).
+
+        Every env step feeds 1000 transitions, so updates, not samples, are scarce: 2 gradient
+        steps of batch 256 per step, a 3x64 actor and twin 3x128 critics, a replay of the last
+        2M transitions, RAPTOR's learning rates and target entropy, initial alpha 0.05 and the
+        reward curriculum over the first 60% of the run from a tenth of the final weights.
+        Measured (a probe on 2 busy cores): 29/64 vehicles reach RAPTOR's bar after about 19k
+        steps, where 150k-step per-vehicle teachers of the CPU preset reach 11/64
+        (BENCHMARKS.md raptor-shared-teacher).
+        """
+        sac = BatchedSACConfig(
+            actor_hidden=(64, 64, 64),
+            critic_hidden=(128, 128, 128),
+            batch_size=256,
+            warmup_steps=20,
+            buffer_size=2_000_000,
+            alpha_lr=1e-4,
+            initial_alpha=0.05,
+            target_entropy=-2.0,
+        )
+        return cls(
+            sac=sac,
+            steps=steps,
+            log_every=max(steps // 40, 1),
+            checkpoint_every=max(steps // 20, 1),
+            curriculum_steps=3 * steps // 5,
+            curriculum_start=0.1,
+            keep_best_every=max(steps // 10, 1),
+            shared=True,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,6 +329,64 @@ class Teachers(Policy):
         return teachers
 
 
+class SharedTeacherEnv:
+    """A batched teacher env as one agent shared by all its vehicles sees it
+    (``TeacherConfig.shared``).
+
+    The observation of vehicle ``i`` is its teacher observation divided by the env's
+    ``observation_scale()``, followed by its ``vehicle_features()``. Actions are relative to
+    hover: the agent's ``a`` in (-1, 1) commands the motors ``tanh(atanh(a) + atanh(h_i))``,
+    ``h_i`` the vehicle's hover action, so ``a = 0`` hovers every vehicle (what ``hover_init``
+    does for per-vehicle teachers) and a deterministic agent's ``tanh(mean)`` becomes
+    ``tanh(mean + atanh(h_i))``: an output bias per vehicle, which is how :meth:`expand` turns
+    the agent into N ordinary per-vehicle actors.
+
+    Args:
+        env: The batched env (one vehicle per row) with ``observation_scale()``,
+            ``vehicle_features()`` and ``hover_action()``.
+    """
+
+    def __init__(self, env: BatchedTorchEnv) -> None:
+        self.env = env
+        self.num_envs, self.act_dim = env.num_envs, env.act_dim
+        self.scale = env.observation_scale()
+        self.features = env.vehicle_features()
+        self.hover_offset = env.hover_action().clamp(-0.999, 0.999).atanh()
+        self.obs_dim = env.obs_dim + self.features.shape[1]
+
+    def _observe(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.cat((obs / self.scale, self.features), 1)
+
+    def reset(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self._observe(self.env.reset(mask))
+
+    def step(
+        self, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        # tanh can round to +-1 in float32; atanh of that is infinite.
+        pre_tanh = action.clamp(-1 + 1e-6, 1 - 1e-6).atanh()
+        obs, reward, terminated, truncated = self.env.step(torch.tanh(pre_tanh + self.hover_offset))
+        return self._observe(obs), reward, terminated, truncated
+
+    def expand(self, agent: BatchedSAC, train_returns: Sequence[float] | None = None) -> Teachers:
+        """The shared agent's deterministic policy as N per-vehicle actors on raw 26-D
+        observations: each vehicle's scale folded into the first layer's weights, its features
+        into the first layer's bias and its hover offset into the output bias."""
+        state = agent.actor.state_dict()
+        last = max(int(name.split(".")[0]) for name in state)
+        n, base = self.num_envs, self.env.obs_dim
+        actors = {k: v.expand(n, *v.shape[1:]).clone() for k, v in state.items()}
+        first = state["0.weight"][0]
+        actors["0.weight"] = first[None, :base] / self.scale[:, :, None]
+        actors["0.bias"] = state["0.bias"] + (self.features @ first[base:])[:, None]
+        actors[f"{last}.bias"][:, 0, : self.act_dim] += self.hover_offset
+        teachers = Teachers(
+            n, base, self.act_dim, agent.cfg.actor_hidden, train_returns, device=first.device
+        )
+        teachers.actor.load_state_dict(actors)
+        return teachers
+
+
 def _quantile_scalars(returns: torch.Tensor) -> dict[str, float]:
     finite = returns[torch.isfinite(returns)]
     if finite.numel() == 0:
@@ -306,7 +408,8 @@ def train_teachers(
     run_dir: str | Path | None = None,
     callback: Callable[[int, Teachers], None] | None = None,
 ) -> Teachers:
-    """Train one SAC teacher per vehicle of ``params`` for ``cfg.steps`` steps each.
+    """Train one SAC teacher per vehicle of ``params`` (or, with ``cfg.shared``, one for all of
+    them) for ``cfg.steps`` steps of every vehicle.
 
     Args:
         params: The N vehicles (e.g. ``sims.quadrotor.params.QuadrotorParams`` of batch N);
@@ -345,14 +448,29 @@ def train_teachers(
         state = checkpointer.load_state()
         log = MetricLog(run_dir)
     # A resumed run draws new episodes rather than replaying the first ones.
-    env = env_factory(params, seed + (state["step"] if state else 0), device)
-    n = env.num_envs
-    initial_action = env.hover_action() if cfg.hover_init else None
-    obs_scale = env.observation_scale() if cfg.normalize_obs else None
-    agents = BatchedSAC(n, env.obs_dim, env.act_dim, sac, initial_action, obs_scale).to(dev)
+    vehicles = env_factory(params, seed + (state["step"] if state else 0), device)
+    n = vehicles.num_envs
+    if cfg.shared:
+        env = shared = SharedTeacherEnv(vehicles)
+        agents = BatchedSAC(1, env.obs_dim, env.act_dim, sac).to(dev)
+        capacity = min(sac.buffer_size, cfg.steps * n)
+        if capacity < n:
+            raise ValueError(f"sac.buffer_size {sac.buffer_size} holds less than one step of {n}")
+    else:
+        env, shared = vehicles, None
+        initial_action = env.hover_action() if cfg.hover_init else None
+        obs_scale = env.observation_scale() if cfg.normalize_obs else None
+        agents = BatchedSAC(n, env.obs_dim, env.act_dim, sac, initial_action, obs_scale).to(dev)
+        capacity = min(sac.buffer_size, cfg.steps)
     if cfg.curriculum_steps > 0:
-        final_weights = (env.action_change_weight, env.orientation_weight)
-    replay = BatchedReplay(n, min(sac.buffer_size, cfg.steps), env.obs_dim, env.act_dim, dev)
+        final_weights = (vehicles.action_change_weight, vehicles.orientation_weight)
+    replay = BatchedReplay(agents.n, capacity, env.obs_dim, env.act_dim, dev)
+
+    def teachers_now(returns: Sequence[float] | None = None) -> Teachers:
+        if shared is not None:
+            return shared.expand(agents, returns)
+        return Teachers.from_agents(agents, returns)
+
     recent = torch.full((n, cfg.return_window), math.nan, device=dev)
     if state is not None:
         start = _restore(state, agents, replay, sampler)
@@ -363,12 +481,12 @@ def train_teachers(
     if cfg.keep_best_every > 0:
         best = BestTeachers(params, env_factory, seed + KEEP_BEST_SEED, device, cfg)
         if state is not None and state.get("best") is not None:
-            best.load_state(state["best"], Teachers.from_agents(agents))
+            best.load_state(state["best"], teachers_now())
 
     def result() -> Teachers:
         if best is not None and best.teachers is not None:
             return best.result()
-        return Teachers.from_agents(agents, recent.nanmean(dim=1).tolist())
+        return teachers_now(recent.nanmean(dim=1).tolist())
 
     episode_return = torch.zeros(n, device=dev)
     episode_steps = torch.zeros(n, dtype=torch.long, device=dev)
@@ -379,16 +497,22 @@ def train_teachers(
     for step in range(start, cfg.steps):
         if cfg.curriculum_steps > 0:
             scale = cfg.reward_scale(step)
-            env.action_change_weight = scale * final_weights[0]
-            env.orientation_weight = scale * final_weights[1]
+            vehicles.action_change_weight = scale * final_weights[0]
+            vehicles.orientation_weight = scale * final_weights[1]
         if step < sac.warmup_steps:
             action = torch.rand(n, env.act_dim, device=dev) * 2 - 1
+        elif shared is not None:
+            with torch.no_grad():
+                action = agents.sample_action(obs[None])[0][0]
         else:
             action = agents.act(obs)
         next_obs, reward, terminated, truncated = env.step(action)
         episode_steps += 1
         done = terminated | truncated | (episode_steps >= cfg.episode_steps)
-        replay.add(obs, action, reward, next_obs, terminated)
+        if shared is not None:  # n transitions of the one agent
+            replay.add(obs[None], action[None], reward[None], next_obs[None], terminated[None])
+        else:
+            replay.add(obs, action, reward, next_obs, terminated)
         episode_return += reward
         if bool(done.any()):
             recent[done] = torch.cat([recent[done, 1:], episode_return[done, None]], dim=1)
@@ -396,13 +520,17 @@ def train_teachers(
             episode_steps = episode_steps.masked_fill(done, 0)
             next_obs = env.reset(done)
         obs = next_obs
-        if update_due(sac, step, replay.size):
+        if shared is not None and step >= sac.warmup_steps and replay.size >= sac.batch_size:
+            for k in range(cfg.shared_updates):
+                batch = replay.sample(sac.batch_size, generator=sampler)
+                metrics = agents.update(batch, k % sac.actor_every == 0)
+        elif shared is None and update_due(sac, step, replay.size):
             batch = replay.sample(sac.batch_size, generator=sampler)
             metrics = agents.update(batch, actor_due(sac, step))
         bar.update(1)
         done_steps = step + 1
         if best is not None and (done_steps % cfg.keep_best_every == 0 or done_steps == cfg.steps):
-            returns = best.update(Teachers.from_agents(agents))
+            returns = best.update(teachers_now())
             if log is not None:
                 log.log(
                     done_steps,
@@ -420,7 +548,7 @@ def train_teachers(
             log.log(done_steps, **scalars)
             clock, clock_step = now, done_steps
         if callback is not None and done_steps % cfg.log_every == 0:
-            callback(done_steps, Teachers.from_agents(agents, recent.nanmean(dim=1).tolist()))
+            callback(done_steps, teachers_now(recent.nanmean(dim=1).tolist()))
         if checkpointer is not None and (
             done_steps % cfg.checkpoint_every == 0 or done_steps == cfg.steps
         ):
@@ -489,16 +617,14 @@ def _train_state(
     sampler: torch.Generator,
     recent: torch.Tensor,
 ) -> dict[str, Any]:
-    """Everything a resumed run needs: weights, optimisers, replay, RNG states, statistics."""
-    return {
-        "step": step,
-        "config": cfg.to_dict(),
-        "agents": agents.state_dict(),
-        "optimizers": {
-            name: getattr(agents, name).state_dict()
-            for name in ("actor_opt", "critic_opt", "alpha_opt")
-        },
-        "replay": {
+    """Everything a resumed run needs: weights, optimisers, replay, RNG states, statistics.
+
+    A shared teacher's replay is left out: it holds millions of transitions (hundreds of MB)
+    and refills at one transition per vehicle per step, so a resumed run starts it afresh.
+    """
+    saved_replay = None
+    if not cfg.shared:
+        saved_replay = {
             "pos": replay.pos,
             "size": replay.size,
             "capacity": replay.capacity,
@@ -507,7 +633,16 @@ def _train_state(
                 name: getattr(replay, name)[:, : replay.size].cpu()
                 for name in ("obs", "next_obs", "action", "reward", "terminated")
             },
+        }
+    return {
+        "step": step,
+        "config": cfg.to_dict(),
+        "agents": agents.state_dict(),
+        "optimizers": {
+            name: getattr(agents, name).state_dict()
+            for name in ("actor_opt", "critic_opt", "alpha_opt")
         },
+        "replay": saved_replay,
         "torch_rng": torch.get_rng_state(),
         # Warm-up actions and exploration noise come from the device's generator on a GPU.
         "cuda_rng": (torch.cuda.get_rng_state(replay.obs.device) if replay.obs.is_cuda else None),
@@ -524,6 +659,8 @@ def _restore(
     for name, opt_state in state["optimizers"].items():
         getattr(agents, name).load_state_dict(opt_state)
     saved = state["replay"]
+    if saved is None:  # a shared teacher's: refilled by the resumed run
+        saved = {"size": 0, "pos": 0, "capacity": replay.capacity, "tensors": {}}
     if saved["size"] > replay.capacity:
         raise ValueError(
             f"checkpoint replay holds {saved['size']} transitions per teacher, more than this "
