@@ -82,8 +82,13 @@ def train_raptor(
         say(f"teachers: loading the {cfg.teachers} trained teachers from {teachers_dir}")
         teachers = Teachers.load(teachers_dir, device=device)
     else:
+        who = (
+            f"one shared SAC teacher on {cfg.teachers} vehicles"
+            if cfg.teacher.shared
+            else f"{cfg.teachers} SAC teachers"
+        )
         say(
-            f"teachers: training {cfg.teachers} SAC teachers for {cfg.teacher.steps} steps each"
+            f"teachers: training {who} for {cfg.teacher.steps} steps each"
             + (f" on {cfg.workers} Ray workers" if cfg.workers > 1 else "")
         )
         if cfg.workers > 1:
