@@ -162,9 +162,10 @@ class TeacherConfig:
         steps of batch 256 per step, a 3x64 actor and twin 3x128 critics, a replay of the last
         2M transitions, RAPTOR's learning rates and target entropy, initial alpha 0.05 and the
         reward curriculum over the first 60% of the run from a tenth of the final weights.
-        Measured (a probe on 2 busy cores): 29/64 vehicles reach RAPTOR's bar after about 19k
-        steps, where 150k-step per-vehicle teachers of the CPU preset reach 11/64
-        (BENCHMARKS.md raptor-shared-teacher).
+        Measured by a probe of it on 2 busy cores, on the 64 vehicles of the per-vehicle runs:
+        31/64 reach RAPTOR's bar after 20k steps (30 minutes), 40/64 after 29k, where 150k-step
+        per-vehicle teachers of the CPU preset reach 11/64 (BENCHMARKS.md
+        raptor-shared-teacher).
         """
         sac = BatchedSACConfig(
             actor_hidden=(64, 64, 64),
