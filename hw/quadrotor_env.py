@@ -23,9 +23,11 @@ and the previous action.
 it): it publishes, sleeps until the next tick, then reads the freshest odometry; with
 ``sync_to_odometry`` the odometry paces the loop instead (as the arm's
 ``sync_to_joint_states``). ``info`` carries ``success`` and ``position_error`` (as in
-simulation), ``stamp_ns`` (the odometry's header stamp), ``obs_latency`` (ROS time now minus
-that stamp), ``overrun``, ``safety_events`` and, when the safety layer ended the episode,
-``abort_reason`` (the episode is then truncated, not terminated).
+simulation), ``stamp_ns`` (the odometry's header stamp; PX4's: its ``timestamp_sample``, on
+PX4's clock), ``obs_latency`` (ROS time now minus that stamp: meaningful for PX4 only when its
+clock is synchronised with this computer's), ``overrun``, ``safety_events`` and, when the
+safety layer ended the episode, ``abort_reason`` (the episode is then truncated, not
+terminated).
 
 Safety (:class:`~hw.safety.QuadrotorSafety`): NaN, inf or misshaped actions are never
 published; actions are clipped to [-1, 1]; the watchdog (no fresh odometry within

@@ -35,6 +35,7 @@ from hw.frames import (
     reorder,
     to_policy_order,
 )
+from hw.ros import stamp_to_ns
 
 ROS, PX4 = "ros", "px4"
 INTERFACES = (ROS, PX4)
@@ -153,8 +154,7 @@ def read_odometry(
         pose, twist = msg.pose.pose, msg.twist.twist
         o, p, v, w = pose.orientation, pose.position, twist.linear, twist.angular
         raw = np.array([p.x, p.y, p.z, o.w, o.x, o.y, o.z, v.x, v.y, v.z, w.x, w.y, w.z])
-        stamp = msg.header.stamp
-        stamp_ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+        stamp_ns = stamp_to_ns(msg.header.stamp)
     else:
         raise ValueError(f"not an odometry type: {msgtype}")
     if not np.all(np.isfinite(raw)):

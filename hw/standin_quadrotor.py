@@ -251,7 +251,7 @@ class StandInQuadrotor(StandIn):
     def _on_command(self, msg: Any) -> None:
         setpoint = read_motor_command(msg, self._command_type, self.config.command_order)
         if setpoint is None:
-            self.node.get_logger().error("motor command without four finite values; ignored")
+            self.node.get_logger().error("motor command of the wrong size or infinite; ignored")
             return
         if not self._in_offboard():
             self.node.get_logger().warning(
