@@ -8,6 +8,10 @@ with one fixed vehicle per row (``sims.quadrotor.torch_env.QuadrotorTorchEnv``, 
 
 :class:`Teachers` is what distillation consumes: N deterministic actors (tanh of the Gaussian
 mean) that map each vehicle's 26-D privileged observation to its 4 motor commands.
+
+``TeacherConfig.shared`` departs from RAPTOR to fit full scale on a CPU: one SAC agent learns
+from all N vehicles at once, told each vehicle's parameters (:class:`SharedTeacherEnv`), and is
+expanded into the same N per-vehicle actors afterwards.
 """
 
 from __future__ import annotations
@@ -456,7 +460,9 @@ def train_teachers(
         agents = BatchedSAC(1, env.obs_dim, env.act_dim, sac).to(dev)
         capacity = min(sac.buffer_size, cfg.steps * n)
         if capacity < n:
-            raise ValueError(f"sac.buffer_size {sac.buffer_size} holds less than one step of {n}")
+            raise ValueError(
+                f"sac.buffer_size {sac.buffer_size} is less than one step of the {n} vehicles"
+            )
     else:
         env, shared = vehicles, None
         initial_action = env.hover_action() if cfg.hover_init else None
