@@ -64,6 +64,7 @@ from hw.quadrotor_msgs import (
     ROS,
     QuadrotorTopics,
     check_interface,
+    import_px4_msgs,
     message_types,
     motor_command,
     offboard_heartbeat,
@@ -217,9 +218,10 @@ class ROS2QuadrotorEnv(RosEnv):
         # steady stream, and a held last policy command is not safe).
         node.create_timer(self.dt, self._publish_safe)
         if self.interface == PX4:
-            heartbeat_type = type(offboard_heartbeat(0))
             heartbeat = node.create_publisher(
-                heartbeat_type, self.topics.offboard_control_mode, command_qos()
+                import_px4_msgs().OffboardControlMode,
+                self.topics.offboard_control_mode,
+                command_qos(),
             )
             node.create_timer(
                 1.0 / HEARTBEAT_HZ,
