@@ -262,7 +262,8 @@ class ROS2QuadrotorEnv(RosEnv):
             self.interface,
             None if cut else setpoint,
             self.command_order,
-            now_ns=self._now_ns(),
+            # Only ActuatorMotors carries timestamps: no clock read on the ros interface's path.
+            now_ns=self._now_ns() if self.interface == PX4 else 0,
             sample_ns=self._last_stamp_ns,
         )
         with self._pub_lock:
