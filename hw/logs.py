@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hw.ros import stamp_to_ns
 from robolearn.data.rosbag import (
     ACTION_TOPIC,
     ACTION_TYPE,
@@ -74,11 +75,6 @@ class LogImporter(Protocol):
 
     def store_attrs(self) -> dict[str, Any]:
         """Attributes of a store holding these episodes (env id, robot spec, spaces...)."""
-
-
-def stamp_ns(header: Any) -> int:
-    """A rosbags ``std_msgs/Header``'s stamp in nanoseconds."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 def latest_at(times: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -258,7 +254,12 @@ class ArmLogImporter:
                     q = joint_map.pick(list(msg.name), msg.position)
                 except (MissingJointsError, ValueError):
                     continue
-                add(series.setdefault("joints", ([], [], [])), m.log_ns, stamp_ns(msg.header), q)
+                add(
+                    series.setdefault("joints", ([], [], [])),
+                    m.log_ns,
+                    stamp_to_ns(msg.header.stamp),
+                    q,
+                )
             elif m.topic in pose_keys and m.msgtype == POSE:
                 msg = m.decode()
                 if msg.header.frame_id and msg.header.frame_id not in self.pose_frames:
@@ -268,7 +269,7 @@ class ArmLogImporter:
                 add(
                     series.setdefault(key, ([], [], [])),
                     m.log_ns,
-                    stamp_ns(msg.header),
+                    stamp_to_ns(msg.header.stamp),
                     [p.x, p.y, p.z],
                 )
             elif m.topic in self.command_topics:

@@ -89,7 +89,10 @@ class BatchedReplay:
             obs, action, next_obs = obs[:, None], action[:, None], next_obs[:, None]
             reward, terminated = reward[:, None], terminated[:, None]
         k = reward.shape[1]
-        i = (self.pos + torch.arange(k, device=self.obs.device)) % self.capacity
+        if self.pos + k <= self.capacity:  # the usual case: a slice, no index tensor per step
+            i: slice | torch.Tensor = slice(self.pos, self.pos + k)
+        else:
+            i = (self.pos + torch.arange(k, device=self.obs.device)) % self.capacity
         self.obs[:, i] = obs
         self.action[:, i] = action
         self.reward[:, i, 0] = reward
