@@ -186,6 +186,8 @@ def validate(cfg: DictConfig, verb: str) -> None:
     if verb == "train":
         need("algo.name", cfg.algo.name in TRAINERS, f"must be one of {sorted(TRAINERS)}")
         if cfg.algo.name == "raptor":
+            if cfg.env.name != "quadrotor":
+                raise ConfigError(f"algo=raptor trains quadrotors: env={cfg.env.name} is not one")
             raptor_config(cfg)
             return
         if cfg.algo.name == "dsrl":
@@ -671,7 +673,6 @@ def _train_raptor(cfg: DictConfig) -> int:
     from robolearn.algos.raptor.evaluate import REFERENCE_RERUN, compare_quadrotor_policies
     from robolearn.algos.raptor.pipeline import train_raptor
 
-    cfg.env.name = "quadrotor"
     run_dir = make_run_dir(cfg, "train")
     _say(f"run folder: {run_dir}")
     student, summary = train_raptor(

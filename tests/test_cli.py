@@ -133,6 +133,7 @@ def test_record_resume_continues_to_the_episode_count(tmp_path):
         (["eval", "device=cuda:7"], "device='cuda:7'"),
         (["train", "algo=raptor", "algo.teachers=0"], "teachers=0: must be an integer >= 1"),
         (["train", "algo=raptor", "algo.distill.lr=0"], "distill.lr=0: must be > 0"),
+        (["train", "algo=raptor", "env=arm_push"], "algo=raptor trains quadrotors"),
     ],
 )
 def test_bad_config_fails_with_one_clear_line(args, message, capsys, tmp_path, monkeypatch):
@@ -298,6 +299,8 @@ def test_raptor_pipeline_end_to_end_and_resume(tmp_path, capsys):
     ):
         assert (run / name).exists(), name
     assert "| held-out survival (%) |" in capsys.readouterr().out
+    saved = OmegaConf.load(run / "config.yaml")  # algo=raptor brings its env along
+    assert (saved.env.name, saved.env.id) == ("quadrotor", "robolearn/Quadrotor-v0")
     # A resumed run reuses the trained teachers instead of training them again.
     assert main(["train", f"resume={run}", *QUICK]) == 0
     assert "loading the 2 trained teachers" in capsys.readouterr().out
