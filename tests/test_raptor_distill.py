@@ -6,6 +6,7 @@ teacher tests.)
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from robolearn.algos.raptor.distill import DistillConfig, collect, distill, steady_state_offsets
@@ -13,12 +14,13 @@ from robolearn.algos.raptor.student import RaptorStudent
 
 
 class ToyFleet:
-    """N 1-D vehicles with different actuator gains; the student sees position and its last
-    action (columns 0 and 18) and must infer the gain; reward 1 - |x|."""
+    """N 1-D vehicles with different actuator gains, each flown in ``k`` rows side by side (row
+    ``j`` is vehicle ``j % N``); the student sees position and its last action (columns 0 and
+    18) and must infer the gain; reward 1 - |x|."""
 
-    def __init__(self, n: int = 8) -> None:
-        self.num_envs = n
-        self.gain = torch.linspace(0.5, 2.0, n)
+    def __init__(self, n: int = 8, k: int = 1) -> None:
+        self.num_envs = n * k
+        self.gain = torch.linspace(0.5, 2.0, n).repeat(k)
         self.generator = torch.Generator().manual_seed(0)
         self.x = torch.zeros(n)
         self.prev = torch.zeros(n)
@@ -47,6 +49,8 @@ class ToyFleet:
 class ToyTeachers:
     """Dead-beat controllers that know their vehicle's gain."""
 
+    num_teachers = 8
+
     def act(self, teacher_obs):
         x, gain = teacher_obs[:, 0], teacher_obs[:, 1]
         action = (-x / (0.2 * gain)).clamp(-1, 1)
@@ -65,9 +69,10 @@ def toy_config(**overrides) -> DistillConfig:
     return DistillConfig(**(cfg | overrides))
 
 
-def test_distillation_imitates_and_flies():
+@pytest.mark.parametrize("side_by_side", [1, 4])
+def test_distillation_imitates_and_flies(side_by_side):
     torch.manual_seed(0)
-    env, teachers = ToyFleet(), ToyTeachers()
+    env, teachers = ToyFleet(k=side_by_side), ToyTeachers()
     untrained = collect(env, teachers, RaptorStudent(), steps=40).returns.mean()
     teacher = collect(env, teachers, None, steps=40).returns.mean()
     policy, curves = distill(env, teachers, toy_config(), progress=False)
@@ -118,7 +123,7 @@ class OffsetTeachers(ToyTeachers):
 
     def act(self, teacher_obs):
         shifted = teacher_obs.clone()
-        shifted[:, 0] -= self.offset
+        shifted[:, 0] -= self.offset.repeat(len(shifted) // len(self.offset))
         return super().act(shifted)
 
 
@@ -127,6 +132,13 @@ def test_steady_state_offsets_find_where_teachers_hover():
     measured = steady_state_offsets(ToyFleet(), OffsetTeachers(offset), episodes=2, steps=40)
     torch.testing.assert_close(measured[:, 0], offset, atol=1e-4, rtol=0)
     assert measured[:, 1:].abs().max() == 0
+    side_by_side = steady_state_offsets(ToyFleet(k=2), OffsetTeachers(offset), 2, steps=40)
+    torch.testing.assert_close(side_by_side, measured, atol=1e-4, rtol=0)
+
+
+def test_env_rows_must_be_a_whole_number_per_teacher():
+    with pytest.raises(ValueError, match="15 rows: not a multiple of 8 teachers"):
+        distill(ToyFleet(n=5, k=3), ToyTeachers(), toy_config(epochs=1), progress=False)
 
 
 def test_position_correction_teaches_hovering_at_the_target():

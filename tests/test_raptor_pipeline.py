@@ -13,7 +13,12 @@ from robolearn.algos.raptor.pipeline import (
     select_teachers,
     train_teachers_distributed,
 )
-from robolearn.algos.raptor.teachers import TeacherConfig, Teachers, train_teachers
+from robolearn.algos.raptor.teachers import (
+    TeacherConfig,
+    Teachers,
+    repeat_vehicles,
+    train_teachers,
+)
 from sims.quadrotor.params import sample_params
 from sims.quadrotor.torch_env import QuadrotorTorchEnv
 
@@ -45,7 +50,8 @@ def test_selection_keeps_teachers_at_the_bar_best_first(tmp_path):
     torch.manual_seed(0)
     params = sample_params(6, 0)
     teachers = Teachers(6, actor_hidden=(16,))  # untrained: returns spread around -100
-    returns = teachers.evaluate(QuadrotorTorchEnv(params, seed=2), episodes=2)
+    # The selection's own evaluation: both episodes of each vehicle side by side.
+    returns = teachers.evaluate(QuadrotorTorchEnv(repeat_vehicles(params, 2), seed=2), episodes=2)
     bar = returns.median().item()
     cfg = RaptorConfig(teachers=6, min_teacher_return=bar, selection_episodes=2)
     path = tmp_path / "selection.json"

@@ -127,13 +127,23 @@ def test_save_load_round_trip_gives_identical_actions(tmp_path):
     assert (action.abs() < 1).all()
 
 
+class Fleet:
+    """Stand-in parameters of N vehicles: only how many there are, and ``select``."""
+
+    def __init__(self, n: int) -> None:
+        self.batch_size = n
+
+    def select(self, index: list[int]) -> Fleet:
+        return Fleet(len(index))
+
+
 class TargetEnv:
     """One-step episodes for N teachers: the reward is -|action - 0.5| summed over motors."""
 
     obs_dim, act_dim = 26, 4
 
-    def __init__(self, params: int, seed: int, device: str) -> None:
-        self.num_envs = params
+    def __init__(self, params: int | Fleet, seed: int, device: str) -> None:
+        self.num_envs = params if isinstance(params, int) else params.batch_size
 
     def reset(self, mask: torch.Tensor | None = None) -> torch.Tensor:
         return torch.zeros(self.num_envs, self.obs_dim)
@@ -157,13 +167,27 @@ def constant_teachers(actions: list[float]) -> Teachers:
 
 
 def test_best_teachers_keep_each_teachers_best_weights():
-    best = BestTeachers(2, TargetEnv, 0, "cpu", TeacherConfig(keep_best_episodes=3))
+    best = BestTeachers(Fleet(2), TargetEnv, 0, "cpu", TeacherConfig(keep_best_episodes=3))
     best.update(constant_teachers([0.5, -0.5]))  # teacher 0 perfect, teacher 1 off
     returns = best.update(constant_teachers([-0.5, 0.5]))  # the other way round
     assert torch.allclose(returns, torch.tensor([-4.0, 0.0]), atol=1e-5)
     kept = best.result()
     assert torch.allclose(kept.act(torch.zeros(2, 26)), torch.full((2, 4), 0.5), atol=1e-5)
     assert kept.train_returns == pytest.approx([0.0, 0.0], abs=1e-5)
+
+
+def test_side_by_side_rows_are_flown_by_their_teachers():
+    torch.manual_seed(0)
+    teachers = Teachers(3, actor_hidden=(8,))
+    obs = torch.randn(2 * 3, 26)  # two rows per teacher: row j is teacher j % 3's
+    torch.testing.assert_close(
+        teachers.act(obs), torch.cat([teachers.act(obs[:3]), teachers.act(obs[3:])])
+    )
+    with pytest.raises(ValueError, match=r"shape \(k \* 3, 26\)"):
+        teachers.act(torch.zeros(4, 26))
+    # Three episodes shared by two rows per teacher (2 + 1): each mean is over exactly three.
+    returns = constant_teachers([0.5, -0.5]).evaluate(TargetEnv(2 * 2, 0, "cpu"), episodes=3)
+    torch.testing.assert_close(returns, torch.tensor([0.0, -4.0]), atol=1e-5, rtol=0)
 
 
 def test_keep_best_run_returns_its_best_evaluated_teachers_and_resumes(tmp_path):

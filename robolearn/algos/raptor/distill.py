@@ -13,15 +13,17 @@ infer the vehicle from its history. Read top to bottom:
   offset from the student's position input while it learns, so the student is taught to hover
   at the target rather than at each teacher's slightly-off point.
 
-The env is a batched torch env with one vehicle per teacher (``sims.quadrotor.torch_env``):
-``reset(mask)`` and ``step(action)`` return the teachers' privileged observations,
-``student_observation()`` the student's 22-D input.
+The env is a batched torch env with ``k`` rows per teacher (``sims.quadrotor.torch_env`` over
+``repeat_vehicles(params, k)``: row ``j`` flies teacher ``j % N``'s vehicle, so ``k`` episodes
+of every vehicle fly at once): ``reset(mask)`` and ``step(action)`` return the teachers'
+privileged observations, ``student_observation()`` the student's 22-D input.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from pathlib import Path
 from typing import Protocol
 
@@ -33,7 +35,7 @@ from robolearn.utils import progress_bar
 
 
 class DistillEnv(Protocol):
-    """One vehicle per teacher, torch tensors in and out (``sims.quadrotor.torch_env``)."""
+    """``k`` rows per teacher, torch tensors in and out (``sims.quadrotor.torch_env``)."""
 
     num_envs: int
     generator: torch.Generator  # the env's RNG (initial states), saved with a checkpoint
@@ -48,7 +50,9 @@ class DistillEnv(Protocol):
 
 
 class TeacherSet(Protocol):
-    """Teacher ``i`` acts for vehicle ``i`` from its privileged observation."""
+    """Teacher ``i`` acts for rows ``i``, ``i + N``, ... from their privileged observations."""
+
+    num_teachers: int
 
     def act(self, teacher_obs: torch.Tensor) -> torch.Tensor: ...
 
@@ -101,12 +105,14 @@ def collect(
     steps: int,
     position_offset: torch.Tensor | None = None,
 ) -> Rollouts:
-    """One episode per vehicle, flown by ``student`` (or by the teachers when None).
+    """One episode per env row, flown by ``student`` (or by the teachers when None).
 
-    ``position_offset`` ``(N, 3)``, if given, is subtracted from the student's position input
-    (columns 0-2), in the data and in what the student flies on.
+    ``position_offset`` ``(N, 3)``, one per teacher, if given, is subtracted from the student's
+    position input (columns 0-2), in the data and in what the student flies on.
     """
     n = env.num_envs
+    if position_offset is not None:
+        position_offset = position_offset.repeat(n // len(position_offset), 1)
     teacher_obs = env.reset()
     hidden = student.initial_state(n) if student is not None else None
     alive = torch.ones(n, dtype=torch.bool, device=teacher_obs.device)
@@ -150,9 +156,10 @@ def steady_state_offsets(
     one that never survives into a second half gets offset 0. Positions are read from the
     student observation (columns 0-2), whose clipping is far above any hover offset.
     """
+    n, k = teachers.num_teachers, rows_per_teacher(env, teachers)
     total = torch.zeros(env.num_envs, 3)
     count = torch.zeros(env.num_envs, 1)
-    for _ in range(episodes):
+    for _ in range(math.ceil(episodes / k)):
         teacher_obs = env.reset()
         alive = torch.ones(env.num_envs, dtype=torch.bool, device=teacher_obs.device)
         for t in range(steps):
@@ -162,7 +169,16 @@ def steady_state_offsets(
                 count += alive[:, None].float().cpu()
             teacher_obs, _, terminated, _ = env.step(teachers.act(teacher_obs))
             alive &= ~terminated
-    return total / count.clamp(min=1.0)
+    return total.view(k, n, 3).sum(0) / count.view(k, n, 1).sum(0).clamp(min=1.0)
+
+
+def rows_per_teacher(env: DistillEnv, teachers: TeacherSet) -> int:
+    """``k``: the env's rows per teacher (each flies teacher ``row % N``'s vehicle)."""
+    if env.num_envs % teachers.num_teachers:
+        raise ValueError(
+            f"env has {env.num_envs} rows: not a multiple of {teachers.num_teachers} teachers"
+        )
+    return env.num_envs // teachers.num_teachers
 
 
 def imitation_loss(student: RaptorStudent, batch: Rollouts) -> torch.Tensor:
@@ -193,11 +209,12 @@ def distill(
 ) -> tuple[StudentPolicy, dict[str, list[float]]]:
     """Train a student from ``teachers``; return the best epoch's student and the curves.
 
-    Curves: per epoch the imitation loss, the student's mean return flying every vehicle once
-    (as deployed: no position correction), and whether the data came from the teachers or the
-    student. With ``run_dir``, every epoch ends with a checkpoint there
-    (``checkpoints/latest``: the current student plus the training state) and a call with the
-    same arguments resumes after the last finished epoch.
+    Each epoch collects ``cfg.episodes_per_teacher`` episodes of every vehicle, rounded up to a
+    multiple of the env's rows per teacher. Curves: per epoch the imitation loss, the student's
+    mean return flying every env row once (as deployed: no position correction), and whether
+    the data came from the teachers or the student. With ``run_dir``, every epoch ends with a
+    checkpoint there (``checkpoints/latest``: the current student plus the training state) and
+    a call with the same arguments resumes after the last finished epoch.
     """
     torch.manual_seed(seed)
     student = RaptorStudent().to(device)
@@ -219,6 +236,7 @@ def distill(
         offset = steady_state_offsets(env, teachers, cfg.episodes_per_teacher, cfg.episode_steps)
     if offset is not None:
         offset = offset.to(device)
+    rounds = math.ceil(cfg.episodes_per_teacher / rows_per_teacher(env, teachers))
     first_epoch = len(curves["loss"])
     log = MetricLog(run_dir) if run_dir is not None else None
     if log is not None:
@@ -231,7 +249,7 @@ def distill(
         data = _concat(
             [
                 collect(env, teachers, student if on_policy else None, cfg.episode_steps, offset)
-                for _ in range(cfg.episodes_per_teacher)
+                for _ in range(rounds)
             ]
         )
         student.train()

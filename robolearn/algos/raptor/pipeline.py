@@ -20,7 +20,13 @@ import torch
 from robolearn.algos.raptor.distill import DistillConfig, distill
 from robolearn.algos.raptor.export import export_c_header, export_numpy
 from robolearn.algos.raptor.student import StudentPolicy
-from robolearn.algos.raptor.teachers import TeacherConfig, Teachers, train_teachers
+from robolearn.algos.raptor.teachers import (
+    SIDE_BY_SIDE,
+    TeacherConfig,
+    Teachers,
+    repeat_vehicles,
+    train_teachers,
+)
 from robolearn.report import plot_curves
 
 
@@ -113,7 +119,8 @@ def train_raptor(
     )
     kept = selection["distilled"]
     say(f"distillation: {cfg.distill.epochs} epochs over {len(kept)} vehicles")
-    env = env_factory(params.select(kept), seed + 1, device)
+    side_by_side = min(cfg.distill.episodes_per_teacher, SIDE_BY_SIDE)
+    env = env_factory(repeat_vehicles(params.select(kept), side_by_side), seed + 1, device)
     student, curves = distill(
         env,
         teachers.select(kept),
@@ -169,7 +176,8 @@ def select_teachers(
         return json.loads(path.read_text())
     n, episodes = teachers.num_teachers, cfg.selection_episodes
     say(f"selection: evaluating {n} teachers over {episodes} episodes each")
-    returns = teachers.evaluate(env_factory(params, seed + 2, device), episodes).cpu()
+    side_by_side = repeat_vehicles(params, min(episodes, SIDE_BY_SIDE))
+    returns = teachers.evaluate(env_factory(side_by_side, seed + 2, device), episodes).cpu()
     order = torch.argsort(returns, descending=True)
     bar = cfg.min_teacher_return
     kept = [int(i) for i in order if bar is None or returns[i] >= bar]

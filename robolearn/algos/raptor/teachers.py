@@ -48,6 +48,9 @@ KEEP_BEST_SEED = 1_000_003
 #: Quantiles of the per-teacher returns written to the training log.
 LOG_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
+#: Evaluations fly up to this many episodes of every vehicle at once (``repeat_vehicles``).
+SIDE_BY_SIDE = 10
+
 
 @dataclasses.dataclass
 class TeacherConfig:
@@ -253,7 +256,10 @@ class Teachers(Policy):
 
     @torch.no_grad()
     def act(self, obs: Observation | torch.Tensor) -> Any:
-        """Actions ``(N, 4)`` = tanh of each teacher's mean for observations ``(N, 26)``.
+        """Actions ``(k * N, 4)`` = tanh of each teacher's mean for observations
+        ``(k * N, 26)``: row ``j`` is teacher ``j % N``'s, so ``k`` episodes of every vehicle
+        fly side by side (``repeat_vehicles``) and each teacher's weights serve its ``k`` rows
+        in one matrix product.
 
         Torch in, torch out (on the weights' device); numpy (or ``{"obs": array}``) in, float32
         numpy out.
@@ -262,12 +268,13 @@ class Teachers(Policy):
             obs = obs["obs"]
         is_numpy = not isinstance(obs, torch.Tensor)
         x = torch.as_tensor(np.asarray(obs) if is_numpy else obs, dtype=torch.float32)
-        if x.shape != (self.num_teachers, self.obs_dim):
+        n = self.num_teachers
+        if x.ndim != 2 or x.shape[1] != self.obs_dim or x.shape[0] % n or not len(x):
             raise ValueError(
-                f"expected observations of shape ({self.num_teachers}, {self.obs_dim}), "
-                f"got {tuple(x.shape)}"
+                f"expected observations of shape (k * {n}, {self.obs_dim}), got {tuple(x.shape)}"
             )
-        mean = self.actor(x.to(self.device)[:, None])[:, 0, : self.act_dim]
+        rows = x.to(self.device).view(-1, n, self.obs_dim).transpose(0, 1)  # (N, k, obs)
+        mean = self.actor(rows)[..., : self.act_dim].transpose(0, 1).reshape(-1, self.act_dim)
         action = torch.tanh(mean)
         return action.cpu().numpy() if is_numpy else action
 
@@ -285,26 +292,34 @@ class Teachers(Policy):
     def evaluate(self, env: BatchedTorchEnv, episodes: int = 10) -> torch.Tensor:
         """Each teacher's mean undiscounted return over ``episodes`` episodes on its own env.
 
-        ``env`` has one env per teacher (``num_envs == num_teachers``); episodes end at the
-        env's termination or time limit. Returns ``(N,)`` on the env's device.
+        ``env`` has ``k`` envs per teacher (``num_envs == k * num_teachers``, row ``j`` for
+        teacher ``j % N``, see ``repeat_vehicles``), which share a teacher's episodes between
+        them; episodes end at the env's termination or time limit. Returns ``(N,)`` on the
+        env's device.
         """
-        if env.num_envs != self.num_teachers:
-            raise ValueError(f"env has {env.num_envs} envs for {self.num_teachers} teachers")
+        n = self.num_teachers
+        if env.num_envs % n:
+            raise ValueError(f"env has {env.num_envs} envs: not a multiple of {n} teachers")
+        k = env.num_envs // n
         obs = env.reset()
-        episode_return = torch.zeros(self.num_teachers, device=obs.device)
+        # Row block r flies episodes // k episodes, the first episodes % k blocks one more.
+        quota = torch.full((k, n), episodes // k, dtype=torch.long, device=obs.device)
+        quota[: episodes % k] += 1
+        quota = quota.flatten()
+        episode_return = torch.zeros(env.num_envs, device=obs.device)
         total = torch.zeros_like(episode_return)
-        count = torch.zeros(self.num_teachers, dtype=torch.long, device=obs.device)
-        while bool((count < episodes).any()):
+        count = torch.zeros(env.num_envs, dtype=torch.long, device=obs.device)
+        while bool((count < quota).any()):
             obs, reward, terminated, truncated = env.step(self.act(obs))
             episode_return += reward
             done = terminated | truncated
-            finished = done & (count < episodes)
+            finished = done & (count < quota)
             total += torch.where(finished, episode_return, 0.0)
             count += finished.long()
             episode_return = torch.where(done, 0.0, episode_return)
             if bool(done.any()):
                 obs = env.reset(done)
-        return total / episodes
+        return total.view(k, n).sum(0) / episodes
 
     def config(self) -> dict[str, Any]:
         return {
@@ -332,6 +347,16 @@ class Teachers(Policy):
         teachers = cls(**read_policy_file(path)["config"], device=device)
         teachers.actor.load_state_dict(load_file(str(Path(path) / WEIGHTS_FILE), device=device))
         return teachers
+
+
+def repeat_vehicles(params: Any, k: int) -> Any:
+    """``params`` (N vehicles) repeated ``k`` times in blocks: row ``j`` is vehicle ``j % N``,
+    the layout :meth:`Teachers.act` expects for ``k`` episodes of every vehicle side by side.
+
+    One batched step of ``k * N`` vehicles costs far less than ``k`` steps of ``N`` (fewer
+    Python-level calls, and each teacher's matrix product serves ``k`` rows).
+    """
+    return params.select(list(range(params.batch_size)) * k)
 
 
 class SharedTeacherEnv:
@@ -579,8 +604,9 @@ class BestTeachers:
     def __init__(
         self, params: Any, env_factory: EnvFactory, seed: int, device: str, cfg: TeacherConfig
     ) -> None:
-        self._make_env = lambda: env_factory(params, seed, device)
         self.episodes = cfg.keep_best_episodes
+        side_by_side = repeat_vehicles(params, min(self.episodes, SIDE_BY_SIDE))
+        self._make_env = lambda: env_factory(side_by_side, seed, device)
         self.teachers: Teachers | None = None
         self.returns: torch.Tensor | None = None
 
