@@ -18,7 +18,8 @@ observation's JointState header stamp, taken in the stand-in when it measured, t
 ``env.step`` that publishes the command computed from it: link latency, the wait for the control
 tick, the policy and observation building) and counts safety aborts and interventions.
 
-Quadrotor half: the released RAPTOR policy, N episodes per vehicle on the held-out seeds in
+Quadrotor half: a quadrotor policy (``--quad-policy``: the released RAPTOR policy, or a
+checkpoint such as ``pretrained:quadrotor``), N episodes per vehicle on the held-out seeds in
 ``robolearn/Quadrotor-v0`` (RAPTOR's evaluation protocol: teacher-MDP initial states, no
 velocity termination, 5 s) and on the PyBullet stand-in quadrotor (``hw/standin_quadrotor.py``
 in a child process, configured as ``configs/hw/standin_quadrotor.yaml``: 3 ms + up to 2 ms
@@ -26,13 +27,17 @@ latency, 2 ms command latency, sensor noise) driven by ``robolearn/ROS2Quadrotor
 the 100 Hz odometry; each seed starts where the simulator starts it. Survival (neither terminated
 nor aborted) and the final error (the mean position error over an episode's last second, of
 survivors), RAPTOR's statistics; ``crazyflie-no-latency`` is the Crazyflie with the stand-in's
-link latencies set to 0, which isolates what the latency costs.
+link latencies set to 0, which isolates what the latency costs. ``--quad-interface`` picks the
+adapter's topics: ``ros`` (nav_msgs/Odometry, Float32MultiArray) or ``px4`` (px4_msgs, as on a
+PX4 vehicle).
 
 Each platform's results are kept as JSON in ``benchmarks/results/transfer/<platform>.json`` and
-the section is rebuilt from all of them, so one platform can be re-run alone:
+the section is rebuilt from all of them, so one platform can be re-run alone; a quadrotor run
+replaces only the rows of its (policy, interface, variant):
 ``python -m benchmarks.bench_transfer [--episodes 50] [--platforms arm quadrotor]
 [--tasks reach push pick_place] [--policies expert bc] [--quad-episodes 20]
-[--quad-variants crazyflie x500 crazyflie-no-latency]``.
+[--quad-variants crazyflie x500 crazyflie-no-latency] [--quad-policy released|<checkpoint>]
+[--quad-interface ros|px4]``.
 """
 
 from __future__ import annotations
@@ -311,14 +316,20 @@ def quad_sim_flights(policy: Policy, vehicle: str, episodes: int) -> dict[str, A
 
 
 def quad_standin_flights(
-    policy: Policy, vehicle: str, overrides: dict[str, float], episodes: int, name: str
+    policy: Policy,
+    vehicle: str,
+    overrides: dict[str, float],
+    episodes: int,
+    name: str,
+    interface: str = "ros",
 ) -> dict[str, Any]:
-    """The policy on the same seeds on one stand-in quadrotor through ROS 2."""
+    """The policy on the same seeds on one stand-in quadrotor through ROS 2, the adapter and the
+    stand-in speaking ``interface``'s topics."""
     from hw.deploy import StandInProcess, quadrotor_setup
     from robolearn.envs import make_env
 
     config = yaml.safe_load(QUAD_HW_CONFIG.read_text())
-    kwargs = dict(config["env"])
+    kwargs = {**config["env"], "interface": interface}
     standin_cfg = quadrotor_setup(
         {**QUAD_SIM_KWARGS, "params": vehicle}, kwargs, {**config["standin"], **overrides}
     )
@@ -352,20 +363,30 @@ def quad_standin_flights(
 
 
 def quadrotor_results(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One result per quadrotor variant: the released RAPTOR policy in sim and on the stand-in."""
+    """One result per quadrotor variant: ``args.quad_policy`` in sim and on the stand-in."""
     import hw  # noqa: F401 - registers the ROS 2 env ids
     from robolearn.algos.raptor.baseline import ReleasedRaptorPolicy
 
     results = []
     for name in args.quad_variants:
         vehicle, overrides = QUAD_VARIANTS[name]
-        policy = ReleasedRaptorPolicy()
+        if args.quad_policy == "released":
+            policy: Policy = ReleasedRaptorPolicy()
+        else:
+            policy = load_policy(args.quad_policy)
+        load = os.getloadavg()
         start = time.perf_counter()
         sim = quad_sim_flights(policy, vehicle, args.quad_episodes)
         sim_s = time.perf_counter() - start
         start = time.perf_counter()
-        real = quad_standin_flights(policy, vehicle, overrides, args.quad_episodes, name)
+        log = f"{name}-{args.quad_interface}"
+        real = quad_standin_flights(
+            policy, vehicle, overrides, args.quad_episodes, log, args.quad_interface
+        )
         result = {
+            "policy": args.quad_policy,
+            "interface": args.quad_interface,
+            "load_before": load,
             "variant": name,
             "vehicle": vehicle,
             "standin_overrides": overrides,
@@ -390,6 +411,8 @@ def quadrotor_table(results: list[dict[str, Any]]) -> str:
         aborts = ", ".join(f"{k} {v}" for k, v in sorted(h["aborts"].items())) or "none"
         rows.append(
             [
+                r["policy"],
+                r["interface"],
                 r["variant"],
                 r["episodes"],
                 f"{s['survival']:.0%}",
@@ -400,9 +423,12 @@ def quadrotor_table(results: list[dict[str, Any]]) -> str:
                 aborts,
                 f"{h['overruns']} / {h['steps']}",
                 f"{r['hw_s']:.0f}",
+                f"{r['load_before'][0]:.1f}",
             ]
         )
     header = [
+        "policy",
+        "interface",
         "vehicle",
         "episodes",
         "sim survival",
@@ -413,6 +439,7 @@ def quadrotor_table(results: list[dict[str, Any]]) -> str:
         "safety aborts",
         "overruns / steps",
         "stand-in wall s",
+        "load at start",
     ]
     return table(header, rows)
 
@@ -436,19 +463,39 @@ PLATFORM_NOTES = {
         "on; an abort ends the episode. Overruns: control ticks the loop missed."
     ),
     "quadrotor": (
-        "The released RAPTOR policy, same seeds (from 1,000,000), 5 s episodes from RAPTOR's "
-        "teacher-MDP initial states (up to 10 arm lengths away, 1 rad tilt, 1 m/s, 1 rad/s), "
-        "in `robolearn/Quadrotor-v0` (torch L2F dynamics, RK4) and on the PyBullet stand-in "
-        "quadrotor through ROS 2 (`configs/hw/standin_quadrotor.yaml`: another integrator, "
-        "the motor lag in the node, 3 ms + 0-2 ms odometry latency, 2 ms command latency, "
-        "sensor noise; the env steps on each 100 Hz odometry). Survival: neither terminated "
-        "(20 arm lengths from the target) nor aborted by the safety layer; final error: the "
-        "mean distance to the target over the last second, of survivors. Obs-to-command as "
-        "for the arm (the Odometry's header stamp). The stand-in's episode starts where the "
+        "The released RAPTOR policy or our student, same seeds (from 1,000,000), 5 s episodes "
+        "from RAPTOR's teacher-MDP initial states (up to 10 arm lengths away, 1 rad tilt, 1 "
+        "m/s, 1 rad/s), in `robolearn/Quadrotor-v0` (torch L2F dynamics, RK4) and on the "
+        "PyBullet stand-in quadrotor through ROS 2 (`configs/hw/standin_quadrotor.yaml`: "
+        "another integrator, the motor lag in the node, 3 ms + 0-2 ms odometry latency, 2 ms "
+        "command latency, sensor noise; the env steps on each 100 Hz odometry). Survival: "
+        "neither terminated (20 arm lengths from the target) nor aborted by the safety layer; "
+        "final error: the mean distance to the target over the last second, of survivors. "
+        "Obs-to-command as for the arm (the Odometry's header stamp, or VehicleOdometry's "
+        "`timestamp_sample` on the px4 interface). The stand-in's episode starts where the "
         "simulator's does, but it flies in real time: the first observation is already one "
         "odometry period into the flight."
     ),
 }
+
+
+#: The fields that name a row: a run replaces the saved rows with the same values.
+ROW_KEYS = {"arm": ("task", "policy"), "quadrotor": ("policy", "interface", "variant")}
+
+
+def row_key(platform: str, result: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(result[k] for k in ROW_KEYS[platform])
+
+
+def saved_results(path: Path, platform: str) -> list[dict[str, Any]]:
+    """A platform's saved rows; quadrotor rows from before the policy and interface columns
+    were the released policy over the ros interface, at the file's load."""
+    saved = json.loads(path.read_text())
+    results = saved["results"]
+    if platform == "quadrotor":
+        defaults = {"policy": "released", "interface": "ros", "load_before": saved["load_before"]}
+        results = [{**defaults, **r} for r in results]
+    return results
 
 
 def main() -> None:
@@ -461,6 +508,12 @@ def main() -> None:
     parser.add_argument(
         "--quad-variants", nargs="+", choices=list(QUAD_VARIANTS), default=list(QUAD_VARIANTS)
     )
+    parser.add_argument(
+        "--quad-policy",
+        default="released",
+        help="released (the released RAPTOR policy) or a checkpoint, e.g. pretrained:quadrotor",
+    )
+    parser.add_argument("--quad-interface", choices=["ros", "px4"], default="ros")
     args = parser.parse_args()
     torch.set_num_threads(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -469,10 +522,14 @@ def main() -> None:
     for platform in args.platforms:
         start = time.perf_counter()
         results = PLATFORMS[platform][0](args)
-        (RESULTS / f"{platform}.json").write_text(
+        path = RESULTS / f"{platform}.json"
+        kept = saved_results(path, platform) if path.exists() else []
+        new_keys = {row_key(platform, r) for r in results}
+        kept = [r for r in kept if row_key(platform, r) not in new_keys]
+        path.write_text(
             json.dumps(
                 {
-                    "results": results,
+                    "results": kept + results,
                     "wall_s": time.perf_counter() - start,
                     "load_before": load,
                     "load_after": os.getloadavg(),
@@ -487,9 +544,9 @@ def main() -> None:
             saved = json.loads(path.read_text())
             loads = "/".join(f"{x:.1f}" for x in saved["load_before"])
             parts.append(
-                f"**{platform}** ({saved['wall_s'] / 60:.0f} min; 1/5/15-min load average "
-                f"{loads} at the start). {PLATFORM_NOTES[platform]}\n\n"
-                f"{render(saved['results'])}"
+                f"**{platform}** (latest run {saved['wall_s'] / 60:.0f} min; 1/5/15-min load "
+                f"average {loads} at its start). {PLATFORM_NOTES[platform]}\n\n"
+                f"{render(saved_results(path, platform))}"
             )
     body = "\n\n".join(parts)
     write_section("transfer", "Transfer: training simulator vs stand-in hardware over ROS 2", body)
