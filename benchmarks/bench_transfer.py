@@ -405,8 +405,13 @@ def quadrotor_table(results: list[dict[str, Any]]) -> str:
     def cm(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.1f}"
 
+    def order(r: dict[str, Any]) -> tuple[Any, ...]:
+        variants = list(QUAD_VARIANTS)
+        variant = variants.index(r["variant"]) if r["variant"] in variants else len(variants)
+        return r["policy"] != "released", r["policy"], r["interface"] != "ros", variant
+
     rows = []
-    for r in results:
+    for r in sorted(results, key=order):
         s, h = r["sim"], r["hw"]
         aborts = ", ".join(f"{k} {v}" for k, v in sorted(h["aborts"].items())) or "none"
         rows.append(
@@ -537,6 +542,11 @@ def main() -> None:
                 indent=1,
             )
         )
+    write_transfer_section()
+
+
+def write_transfer_section() -> None:
+    """Rebuild the BENCHMARKS.md section from every platform's saved JSON."""
     parts = []
     for platform, (_, render) in PLATFORMS.items():
         path = RESULTS / f"{platform}.json"
