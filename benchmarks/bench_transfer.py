@@ -492,15 +492,9 @@ def row_key(platform: str, result: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(result[k] for k in ROW_KEYS[platform])
 
 
-def saved_results(path: Path, platform: str) -> list[dict[str, Any]]:
-    """A platform's saved rows; quadrotor rows from before the policy and interface columns
-    were the released policy over the ros interface, at the file's load."""
-    saved = json.loads(path.read_text())
-    results = saved["results"]
-    if platform == "quadrotor":
-        defaults = {"policy": "released", "interface": "ros", "load_before": saved["load_before"]}
-        results = [{**defaults, **r} for r in results]
-    return results
+def saved_results(path: Path) -> list[dict[str, Any]]:
+    """A platform's saved rows."""
+    return json.loads(path.read_text())["results"]
 
 
 def main() -> None:
@@ -528,7 +522,7 @@ def main() -> None:
         start = time.perf_counter()
         results = PLATFORMS[platform][0](args)
         path = RESULTS / f"{platform}.json"
-        kept = saved_results(path, platform) if path.exists() else []
+        kept = saved_results(path) if path.exists() else []
         new_keys = {row_key(platform, r) for r in results}
         kept = [r for r in kept if row_key(platform, r) not in new_keys]
         path.write_text(
@@ -556,7 +550,7 @@ def write_transfer_section() -> None:
             parts.append(
                 f"**{platform}** (latest run {saved['wall_s'] / 60:.0f} min; 1/5/15-min load "
                 f"average {loads} at its start). {PLATFORM_NOTES[platform]}\n\n"
-                f"{render(saved_results(path, platform))}"
+                f"{render(saved_results(path))}"
             )
     body = "\n\n".join(parts)
     write_section("transfer", "Transfer: training simulator vs stand-in hardware over ROS 2", body)
