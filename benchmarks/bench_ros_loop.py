@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import table, write_section
+from hw.ros import check_realtime_priority, realtime_permitted
 
 HZ = 100.0
 TRAJECTORY = "/arm_controller/joint_trajectory"
@@ -57,13 +58,17 @@ READING = (
     "that of the timer anchor, which works the same way) is a matter of luck, not of "
     "overhead. `sync_to_joint_states=True` removes that: each step waits for the next joint "
     "state. What remains over the per-message anchor is the step's own work between the "
-    "observation and the arm command (snapshot, forward kinematics, reward, IK, safety bounds, "
-    "building the JointTrajectory: ~0.5 ms p50 in a separate instrumented run) and handing "
-    "the GIL from the executor thread, which receives the message, to the loop's thread; the "
-    "extra CPU per step is mostly the gripper command's publish (rclpy converts and publishes "
-    "each message in ~0.2-0.5 ms of Python and C under the GIL) and decoding the raw "
-    "subscriptions in Python. On a busy 2-core machine the p99s are set by the OS scheduler: "
-    "the anchors miss them as well."
+    "observation and the arm command, from an instrumented run (p50): the hand-over from the "
+    "executor thread, which receives the message, to the loop's thread, ~0.1 ms (0.6 ms before "
+    "the executor yielded the GIL on the pacing message); the observation, reward and info, "
+    "~0.2 ms; the action's checks, IK and safety bounds, ~0.3 ms; building and publishing the "
+    "JointTrajectory, ~0.2 ms. The extra CPU per step is mostly the gripper command's publish "
+    "(rclpy converts and publishes each message in ~0.2 ms of Python and C under the GIL) and "
+    "decoding the raw subscriptions in Python. On this 2-core VM the p99s are set by the "
+    "scheduling of the machine, not by the loop: the anchors miss them as well. SCHED_FIFO "
+    "(the env's `realtime_priority`, as ros2_control runs its control thread) takes away the "
+    "competition of the machine's other processes, not the host's: the VM stalls at times, the "
+    "driver's own joint states included."
 )
 
 
@@ -78,17 +83,20 @@ def isolated_ros_domain() -> int:
 # --- the fake driver (child process) ---------------------------------------------------------
 
 
-def run_driver(out: Path) -> None:
-    """Publish joint states at HZ and timestamp arriving commands until SIGINT; write JSON."""
+def run_driver(out: Path, priority: int) -> None:
+    """Publish joint states at HZ and timestamp arriving commands until SIGINT; write JSON.
+    ``priority`` > 0: SCHED_FIFO at it, as a real robot's driver (ros2_control) runs."""
     from geometry_msgs.msg import PoseStamped
     from rclpy.qos import qos_profile_system_default
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
     from trajectory_msgs.msg import JointTrajectory
 
-    from hw.ros import RosRuntime, command_qos, ns_to_stamp, sensor_qos
+    from hw.ros import RosRuntime, command_qos, ns_to_stamp, sensor_qos, use_realtime_priority
     from robolearn.robots.panda import FINGER_JOINT_NAMES, HOME_QPOS, JOINT_NAMES
 
+    if priority:
+        use_realtime_priority(priority)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     arrivals: list[int] = []
@@ -127,9 +135,10 @@ def run_driver(out: Path) -> None:
 class Driver:
     """The fake driver as a child process; ``stop()`` returns its JSON record."""
 
-    def __init__(self, tmp: Path, name: str) -> None:
+    def __init__(self, tmp: Path, name: str, priority: int) -> None:
         self.out = tmp / f"driver-{name}.json"
         cmd = [sys.executable, "-m", "benchmarks.bench_ros_loop", "--driver", str(self.out)]
+        cmd += ["--priorities", str(priority)]
         self.process = subprocess.Popen(cmd)
 
     def stop(self) -> dict[str, list[int]]:
@@ -141,10 +150,10 @@ class Driver:
 # --- the loops (this process) ----------------------------------------------------------------
 
 
-def adapter_loop(steps: int, sync: bool) -> tuple[list[int], int, dict[str, Any]]:
-    """Step the arm adapter ``steps`` times; the stamps each command came from, the number of
-    commands sent before the loop (the reset's move home) and loop statistics (``cpu_s``: this
-    process's CPU time while stepping)."""
+def adapter_loop(steps: int, sync: bool, priority: int) -> tuple[list[int], int, dict[str, Any]]:
+    """Step the arm adapter ``steps`` times (``priority`` > 0: its ``realtime_priority``); the
+    stamps each command came from, the number of commands sent before the loop (the reset's
+    move home) and loop statistics (``cpu_s``: this process's CPU time while stepping)."""
     from hw.arm_env import ROS2ArmEnv
 
     env = ROS2ArmEnv(
@@ -155,6 +164,7 @@ def adapter_loop(steps: int, sync: bool) -> tuple[list[int], int, dict[str, Any]
         terminate_on_success=False,
         control_hz=HZ,
         sync_to_joint_states=sync,
+        realtime_priority=priority or None,
     )
     try:
         _, info = env.reset()
@@ -175,19 +185,30 @@ def adapter_loop(steps: int, sync: bool) -> tuple[list[int], int, dict[str, Any]
     return stamps, home, {"overruns": overruns, "aborts": aborts, "cpu_s": cpu}
 
 
-def rclpy_loop(steps: int, per_message: bool) -> tuple[list[int], int, dict[str, Any]]:
+def rclpy_loop(
+    steps: int, per_message: bool, priority: int
+) -> tuple[list[int], int, dict[str, Any]]:
     """The anchor: a minimal node publishing one JointTrajectory per joint state (callback) or
-    per timer tick (from the newest joint state), same QoS and executor as the adapter."""
+    per timer tick (from the newest joint state), same QoS, executor and scheduling as the
+    adapter."""
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-    from hw.ros import RosRuntime, command_qos, seconds_to_duration, sensor_qos, stamp_to_ns
+    from hw.ros import (
+        RosRuntime,
+        command_qos,
+        seconds_to_duration,
+        sensor_qos,
+        stamp_to_ns,
+        use_realtime_priority,
+    )
     from robolearn.robots.panda import JOINT_NAMES
 
     stamps: list[int] = []
     latest: list[Any] = []
     done = threading.Event()
+    restore = use_realtime_priority(priority) if priority else None
     with RosRuntime() as ros:
         node = ros.create_node("bench_rclpy")
         pub = node.create_publisher(JointTrajectory, TRAJECTORY, command_qos())
@@ -221,26 +242,34 @@ def rclpy_loop(steps: int, per_message: bool) -> tuple[list[int], int, dict[str,
             node.create_timer(1 / HZ, lambda: command(latest[0]) if latest else None)
         done.wait()
         cpu = time.process_time() - cpu
+    if restore is not None:
+        restore()
     return stamps, 0, {"overruns": 0, "aborts": [], "cpu_s": cpu}
 
 
 def measure(
-    tmp: Path, name: str, loop: Callable[[], tuple[list[int], int, dict[str, Any]]]
+    tmp: Path,
+    name: str,
+    loop: Callable[[int], tuple[list[int], int, dict[str, Any]]],
+    priority: int,
 ) -> dict[str, Any]:
-    """Run one loop variant against a fresh driver; its statistics as seen by the driver."""
-    driver = Driver(tmp, name.replace(" ", "_").replace(",", ""))
+    """Run one loop variant at ``priority`` against a fresh driver; its statistics as seen by
+    the driver."""
+    driver = Driver(tmp, name.replace(" ", "_").replace(",", ""), priority)
     try:
-        stamps, before, stats = loop()
+        stamps, before, stats = loop(priority)
     finally:
         record = driver.stop()
     arrivals = np.asarray(record["arrivals"], dtype=np.int64)
     n = len(stamps)
-    lost = before + n - len(arrivals)
-    loop_arrivals = arrivals[-n:] if n else arrivals[:0]
+    # A safety abort ends the loop with one more command, the hold.
+    lost = before + n + len(stats["aborts"]) - len(arrivals)
+    loop_arrivals = arrivals[before : before + n]
     period = np.diff(loop_arrivals) * 1e-9
     jitter_ms = np.abs(period - 1 / HZ) * 1e3
     result = {
         "variant": name,
+        "priority": priority,
         "commands": n,
         "lost": int(lost),
         "rate": float((n - 1) / (period.sum())),
@@ -256,33 +285,34 @@ def measure(
     return result
 
 
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant's repeated runs as one: the median of each statistic over the runs (of the
+    latency over the runs that lost nothing), losses and overruns summed, and the range of the
+    latency p99 over the runs (``latency_p99_range``)."""
+    combined: dict[str, Any] = {
+        "commands": sum(r["commands"] for r in runs),
+        "lost": sum(r["lost"] for r in runs),
+        "overruns": sum(r["overruns"] for r in runs),
+        "aborts": [a for r in runs for a in r["aborts"]],
+        "rate": float(np.median([r["rate"] for r in runs])),
+        "cpu_ms_per_step": float(np.median([r["cpu_ms_per_step"] for r in runs])),
+        "jitter_ms": np.median([r["jitter_ms"] for r in runs], axis=0).tolist(),
+    }
+    latencies = [r["latency_ms"] for r in runs if "latency_ms" in r]
+    if latencies:
+        combined["latency_ms"] = np.median(latencies, axis=0).tolist()
+        p99 = [x[1] for x in latencies]
+        combined["latency_p99_range"] = [min(p99), max(p99)]
+    return combined
+
+
 def fmt(result: dict[str, Any], key: str) -> str:
     values = result.get(key)
     return "n/a" if values is None else " / ".join(f"{v:.2f}" for v in values)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=60.0, help="per loop variant")
-    parser.add_argument("--note", default="", help="appended to the section (e.g. machine load)")
-    parser.add_argument("--driver", type=Path, help=argparse.SUPPRESS)  # child process mode
-    args = parser.parse_args()
-    if args.driver is not None:
-        run_driver(args.driver)
-        return
-    isolated_ros_domain()
-    steps = round(args.seconds * HZ)
-    load = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="bench-ros-loop-") as tmp:
-        variants = [
-            ("adapter, tick", lambda: adapter_loop(steps, sync=False)),
-            ("adapter, synced", lambda: adapter_loop(steps, sync=True)),
-            ("rclpy, timer", lambda: rclpy_loop(steps, per_message=False)),
-            ("rclpy, per message", lambda: rclpy_loop(steps, per_message=True)),
-        ]
-        results = {name: measure(Path(tmp), name, fn) for name, fn in variants}
-    load_after = os.getloadavg()
-
+def results_table(results: dict[str, dict[str, Any]]) -> str:
+    """The table of one scheduling setting's combined results, with its ratio lines."""
     rows = []
     for name, r in results.items():
         rate_ok = abs(r["rate"] - HZ) <= 0.01 * HZ
@@ -295,9 +325,11 @@ def main() -> None:
                 f"{r['rate']:.2f}" + ("" if rate_ok else " (**no**)"),
                 fmt(r, "jitter_ms") + ("" if jitter_ok else " (**no**)"),
                 fmt(r, "latency_ms") + ("" if latency_ok else " (**no**)"),
+                fmt(r, "latency_p99_range").replace(" / ", " - "),
                 f"{r['cpu_ms_per_step']:.2f}",
                 f"{r['lost']}",
                 f"{r['overruns']}",
+                f"{len(r['aborts'])}",
             ]
         )
     ratios = []
@@ -314,34 +346,92 @@ def main() -> None:
             latency = "latency n/a (commands lost)"
         cpu = a["cpu_ms_per_step"] / b["cpu_ms_per_step"]
         ratios.append(f"- {adapter} vs {anchor}: {latency}, CPU per step {cpu:.2f}x")
+    header = [
+        "loop",
+        "commands",
+        "rate Hz",
+        "jitter p50 / p99 ms",
+        "obs-to-command p50 / p99 ms",
+        "p99 range ms",
+        "CPU ms / step",
+        "lost",
+        "overruns",
+        "aborts",
+    ]
+    aborts = [f"- {name}: {reason}" for name, r in results.items() for reason in r["aborts"]]
+    abort_lines = "\n\nSafety aborts (each ends its run early):\n\n" + "\n".join(aborts)
+    return (
+        table(header, rows)
+        + (abort_lines if aborts else "")
+        + "\n\nAdapter over its anchor (same pacing):\n\n"
+        + "\n".join(ratios)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="per loop variant and run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every variant")
+    parser.add_argument(
+        "--priorities",
+        type=int,
+        nargs="+",
+        default=[0, 50],
+        help="scheduling settings to measure: 0 = normal, 1-99 = SCHED_FIFO at that priority "
+        "(loops and driver alike; needs CAP_SYS_NICE)",
+    )
+    parser.add_argument("--note", default="", help="appended to the section (e.g. machine load)")
+    parser.add_argument("--driver", type=Path, help=argparse.SUPPRESS)  # child process mode
+    args = parser.parse_args()
+    if args.driver is not None:
+        run_driver(args.driver, args.priorities[0])
+        return
+    for priority in args.priorities:
+        if priority:
+            check_realtime_priority(priority)
+    isolated_ros_domain()
+    steps = round(args.seconds * HZ)
+    load = os.getloadavg()
+    variants: list[tuple[str, Callable[[int], tuple[list[int], int, dict[str, Any]]]]] = [
+        ("adapter, tick", lambda p: adapter_loop(steps, sync=False, priority=p)),
+        ("adapter, synced", lambda p: adapter_loop(steps, sync=True, priority=p)),
+        ("rclpy, timer", lambda p: rclpy_loop(steps, per_message=False, priority=p)),
+        ("rclpy, per message", lambda p: rclpy_loop(steps, per_message=True, priority=p)),
+    ]
+    runs: dict[int, dict[str, list[dict[str, Any]]]] = {
+        p: {name: [] for name, _ in variants} for p in args.priorities
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-ros-loop-") as tmp:
+        for _ in range(args.repeats):  # interleaved, so that a slow spell hits every variant
+            for priority in args.priorities:
+                for name, loop in variants:
+                    result = measure(Path(tmp), name, loop, priority)
+                    runs[priority][name].append(result)
+    load_after = os.getloadavg()
+
+    tables = []
+    for priority, by_variant in runs.items():
+        title = "normal scheduling" if priority == 0 else f"SCHED_FIFO, priority {priority}"
+        if priority and not realtime_permitted(priority):
+            title += " (refused by the OS: ran at normal priority)"
+        combined = {name: combine(r) for name, r in by_variant.items()}
+        tables.append(f"### {title}\n\n" + results_table(combined))
     loads = "/".join(f"{x:.1f}" for x in load)
     loads_after = "/".join(f"{x:.1f}" for x in load_after)
     body = (
-        f"{args.seconds:g} s per variant at {HZ:g} Hz on loopback (isolated ROS domain), each "
-        "against a fresh fake driver in a child process publishing `/joint_states` at 100 Hz "
-        "and timestamping the commands it receives. Targets: rate within 1% of 100 Hz, period "
-        "jitter p50/p99 <= 2 ms, obs-to-command latency p99 <= 5 ms. Jitter: `|command "
-        "inter-arrival - 10 ms|` at the driver. Latency: command arrival at the driver minus the "
-        "header stamp of the joint state it was computed from (set at the driver's publish). "
-        "CPU: this process's CPU time per command while looping (all threads: the executor "
-        "thread's message handling and the loop's own work). "
-        "Lost: commands the driver never received (latency needs none lost: it matches commands "
-        "to observations in order).\n\n"
-        + table(
-            [
-                "loop",
-                "commands",
-                "rate Hz",
-                "jitter p50 / p99 ms",
-                "obs-to-command p50 / p99 ms",
-                "CPU ms / step",
-                "lost",
-                "overruns",
-            ],
-            rows,
-        )
-        + "\n\nAdapter over its anchor (same pacing):\n\n"
-        + "\n".join(ratios)
+        f"{args.seconds:g} s per variant and run at {HZ:g} Hz on loopback (isolated ROS "
+        f"domain), {args.repeats} runs of every variant, interleaved; each run against a fresh "
+        "fake driver in a child process publishing `/joint_states` at 100 Hz and timestamping "
+        "the commands it receives, under the same scheduling as the loop. Each statistic is "
+        "the median over the runs (`p99 range`: the latency p99's lowest and highest run). "
+        "Targets: rate within 1% of 100 Hz, period jitter p50/p99 <= 2 ms, obs-to-command "
+        "latency p99 <= 5 ms. Jitter: `|command inter-arrival - 10 ms|` at the driver. Latency: "
+        "command arrival at the driver minus the header stamp of the joint state it was "
+        "computed from (set at the driver's publish). CPU: this process's CPU time per command "
+        "while looping (all threads: the executor thread's message handling and the loop's own "
+        "work). Lost: commands the driver never received (latency needs none lost: it matches "
+        "commands to observations in order).\n\n"
+        + "\n\n".join(tables)
         + "\n\n"
         + READING
         + f"\n\nLoad average (1/5/15 min) {loads} before, {loads_after} after."

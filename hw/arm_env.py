@@ -130,6 +130,9 @@ class ROS2ArmEnv(RosEnv):
             two clocks happen to be out of phase). For a driver that publishes at the control
             rate (joint_state_broadcaster's ``state_publish_rate``), which then sets the rate;
             ``overrun`` means that joint state was already waiting.
+        realtime_priority: SCHED_FIFO priority (1-99) for the control loop's thread (the one
+            that creates the env) and the env's ROS threads; ``None`` leaves scheduling alone
+            (see :class:`hw.ros_env.RosEnv`).
     """
 
     metadata = {"render_modes": [], "render_fps": int(PANDA_SPEC.control_hz)}
@@ -152,6 +155,7 @@ class ROS2ArmEnv(RosEnv):
         safety_log: str | Path | None = None,
         control_hz: float | None = None,
         sync_to_joint_states: bool = False,
+        realtime_priority: int | None = None,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
@@ -167,6 +171,7 @@ class ROS2ArmEnv(RosEnv):
             scene_reset_node=scene_reset_node,
             pacing_topic=self.topics.joint_states,
             sync_to_pacing_topic=sync_to_joint_states,
+            realtime_priority=realtime_priority,
         )
         self.task = task
         self.task_class = TASKS[task]
@@ -403,7 +408,7 @@ class ROS2ArmEnv(RosEnv):
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._aborted is not None:
             raise RuntimeError(f"the episode was aborted ({self._aborted}); call reset()")
-        self._record_action(action)
+        self._begin_step(action)
         abort = self._command(action)
         overrun = self._wait_for_tick()
         samples = self._snapshot()

@@ -119,6 +119,9 @@ class ROS2QuadrotorEnv(RosEnv):
         terminate_on_velocity: Also terminate on |v_i| > 2 m/s or |omega_i| > 35 rad/s, as
             the simulator does.
         safety_log: JSON-lines file that every safety event is appended to.
+        realtime_priority: SCHED_FIFO priority (1-99) for the control loop's thread (the one
+            that creates the env) and the env's ROS threads; ``None`` leaves scheduling alone
+            (see :class:`hw.ros_env.RosEnv`).
     """
 
     metadata = {"render_modes": [], "render_fps": int(QUADROTOR_SPEC.control_hz)}
@@ -142,6 +145,7 @@ class ROS2QuadrotorEnv(RosEnv):
         clip_observation: bool = True,
         terminate_on_velocity: bool = True,
         safety_log: str | Path | None = None,
+        realtime_priority: int | None = None,
     ) -> None:
         from sims.pybullet.quadrotor import Vehicle
         from sims.quadrotor.params import PRESETS, TERMINATION_ARMS
@@ -180,6 +184,7 @@ class ROS2QuadrotorEnv(RosEnv):
             scene_reset_node=scene_reset_node,
             pacing_topic=self.topics.odometry,
             sync_to_pacing_topic=sync_to_odometry,
+            realtime_priority=realtime_priority,
         )
         self.vehicle = vehicle
         self.sync_to_odometry = sync_to_odometry
@@ -377,7 +382,7 @@ class ROS2QuadrotorEnv(RosEnv):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._ended is not None:
             raise RuntimeError(f"the episode ended ({self._ended}); call reset()")
-        self._record_action(action)
+        self._begin_step(action)
         prev = np.clip(self._prev_action, -1.0, 1.0)
         abort = self._command(action)
         overrun = self._wait_for_tick()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger("hw.ros")
@@ -92,6 +93,73 @@ def seconds_to_duration(seconds: float) -> Any:
 
     ns = round(seconds * 1e9)
     return Duration(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def check_realtime_priority(priority: int | None) -> int | None:
+    """``priority`` if it is ``None`` or a SCHED_FIFO priority (1-99), else a ValueError."""
+    if priority is None:
+        return None
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 99:
+        raise ValueError(f"realtime_priority must be None or an int in 1..99, got {priority!r}")
+    return priority
+
+
+def realtime_permitted(priority: int) -> bool:
+    """Whether this process may run a thread SCHED_FIFO at ``priority`` (probed on a throwaway
+    thread, so that no thread of the caller changes)."""
+    permitted: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            permitted.append(True)
+        except (PermissionError, AttributeError):  # AttributeError: not Linux
+            permitted.append(False)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return permitted[0]
+
+
+def use_realtime_priority(priority: int) -> Callable[[], None] | None:
+    """Run the calling thread under SCHED_FIFO at ``priority``, as ros2_control runs its
+    control thread, so that the machine's other (normal-priority) processes cannot preempt it.
+
+    Threads the caller starts afterwards inherit it: a ROS runtime created next (its executor
+    thread and the DDS threads) runs at the same priority. A FIFO thread that computes without
+    pause holds its core: meant for a machine that runs the control loop and little else.
+
+    Returns:
+        A function restoring the thread's previous scheduling (call it from any thread), or
+        ``None`` when the OS refuses (no CAP_SYS_NICE or ``ulimit -r`` below ``priority``; not
+        Linux): the refusal is logged as a warning and the thread keeps its scheduling.
+    """
+    check_realtime_priority(priority)
+    if not hasattr(os, "sched_setscheduler"):
+        logger.warning("realtime_priority=%d ignored: no SCHED_FIFO on this OS", priority)
+        return None
+    tid = threading.get_native_id()  # Linux takes a thread id where it takes a pid here
+    previous = (os.sched_getscheduler(tid), os.sched_getparam(tid))
+    try:
+        os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+    except PermissionError:
+        logger.warning(
+            "realtime_priority=%d refused by the OS (needs CAP_SYS_NICE or `ulimit -r %d`, e.g. "
+            "a line '@realtime - rtprio 99' in /etc/security/limits.conf): the loop runs at "
+            "normal priority",
+            priority,
+            priority,
+        )
+        return None
+
+    def restore() -> None:
+        try:
+            os.sched_setscheduler(tid, *previous)
+        except ProcessLookupError:  # the thread has ended
+            pass
+
+    return restore
 
 
 class RosRuntime:

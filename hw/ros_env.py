@@ -32,7 +32,7 @@ import gymnasium as gym
 
 from hw.recorder import TopicRecorder
 from hw.recorder import now_ns as recorder_now_ns
-from hw.ros import RosRuntime, sensor_qos
+from hw.ros import RosRuntime, check_realtime_priority, sensor_qos, use_realtime_priority
 from hw.safety import SafetyLayer
 from robolearn.robots.spec import RobotSpec
 
@@ -78,8 +78,9 @@ class RosEnv(gym.Env, abc.ABC):
     * ``reset`` and ``step``, built from the helpers here: :meth:`_check_estop_released`,
       :meth:`_wait_for_subscribers`, :meth:`_reset_scene`, :meth:`_wait_fresh`,
       :meth:`_use_observation`, :meth:`_start_safety_episode` and :meth:`_open_episode` in
-      ``reset``; :meth:`_wait_for_tick`, :meth:`_snapshot`, :meth:`_safety_abort` and
-      :meth:`_finish_step` in ``step``. Commands go out through :meth:`_publish`.
+      ``reset``; :meth:`_begin_step`, :meth:`_wait_for_tick`, :meth:`_snapshot`,
+      :meth:`_safety_abort` and :meth:`_finish_step` in ``step``. Commands go out through
+      :meth:`_publish`.
 
     Args:
         spec: The robot's spec at its own control rate.
@@ -91,6 +92,9 @@ class RosEnv(gym.Env, abc.ABC):
         sync_to_pacing_topic: Pace the loop by ``pacing_topic``: each step waits for the first
             message stamped at least half a control period after the current observation's
             (for at most the watchdog timeout), instead of sleeping to a local tick.
+        realtime_priority: SCHED_FIFO priority (1-99) for the thread that creates the env
+            (the one that should step it) and for the ROS threads it starts, until ``close``;
+            ``None`` leaves scheduling alone. See :func:`hw.ros.use_realtime_priority`.
     """
 
     #: The robot's safety layer, set by the subclass before :meth:`_start_node`.
@@ -105,7 +109,9 @@ class RosEnv(gym.Env, abc.ABC):
         scene_reset_node: str | None,
         pacing_topic: str,
         sync_to_pacing_topic: bool,
+        realtime_priority: int | None = None,
     ) -> None:
+        self.realtime_priority = check_realtime_priority(realtime_priority)
         if not reset_timeout > 0:
             raise ValueError(f"reset_timeout must be positive, got {reset_timeout!r}")
         if control_hz is not None and not (math.isfinite(control_hz) and control_hz > 0):
@@ -133,6 +139,7 @@ class RosEnv(gym.Env, abc.ABC):
         self._problems: dict[str, str] = {}  # topic -> why its last rejected message was dropped
         self._events_seen = 0  # safety events already reported in an info
         self._next_tick = 0.0
+        self._commanded_at = 0.0  # monotonic time of the last step's start (or of the reset)
         self._obs_stamp_ns = 0  # pacing topic's header stamp of the current observation
         self._recorder: TopicRecorder | None = None
         self._snapshot_ns = 0  # log time of the last snapshot
@@ -140,6 +147,7 @@ class RosEnv(gym.Env, abc.ABC):
         self._episode: dict[str, Any] | None = None  # the open episode's end event, if recording
         self._closed = False
         self._ros: RosRuntime | None = None
+        self._restore_scheduling: Callable[[], None] | None = None
 
     # --- what a subclass provides ------------------------------------------------------------
 
@@ -164,6 +172,8 @@ class RosEnv(gym.Env, abc.ABC):
         scene reset clients (the runtime is closed again if any of it fails)."""
         from std_srvs.srv import Trigger
 
+        if self.realtime_priority is not None:  # first: the runtime's threads inherit it
+            self._restore_scheduling = use_realtime_priority(self.realtime_priority)
         self._ros = RosRuntime(domain_id)
         try:
             node = self._ros.create_node(node_name)
@@ -180,6 +190,7 @@ class RosEnv(gym.Env, abc.ABC):
                 self._params_client = node.create_client(SetParameters, f"{base}/set_parameters")
         except BaseException:
             self._ros.close()
+            self._restore_thread_scheduling()
             raise
 
     def _subscribe(
@@ -212,6 +223,10 @@ class RosEnv(gym.Env, abc.ABC):
             log_ns = recorder_now_ns()
             self._latest[topic] = sample
             self._arrived.notify_all()
+        if self._synced and topic == self._pacing_topic:
+            # Hand the GIL to the step waiting for this sample now, rather than after the
+            # executor's own Python bookkeeping (measured: 0.6 -> 0.1 ms median hand-over).
+            time.sleep(0)
         self._record(topic, data, log_ns)
 
     def _drop(self, topic: str, why: str, data: bytes) -> None:
@@ -342,7 +357,7 @@ class RosEnv(gym.Env, abc.ABC):
     def _open_episode(self, info: dict[str, Any], seed: int | None, **start: Any) -> None:
         """Finish the reset: the first step's tick is one period from now; ``info`` gets the
         step keys; a recorder gets the start event (with ``start``'s extra fields)."""
-        self._next_tick = time.monotonic()
+        self._next_tick = self._commanded_at = time.monotonic()
         info["overrun"] = False
         info["safety_events"] = []
         if self._recorder is not None:
@@ -363,7 +378,12 @@ class RosEnv(gym.Env, abc.ABC):
         self._obs_stamp_ns = samples[self._pacing_topic].stamp_ns
         self._obs_ns = self._snapshot_ns
 
-    def _record_action(self, action: Any) -> None:
+    def _begin_step(self, action: Any) -> None:
+        """Start a step: check the loop's gap since the previous command (or the reset) and
+        log the action."""
+        now = time.monotonic()
+        self.safety.check_loop_gap(now - self._commanded_at)
+        self._commanded_at = now
         if self._recorder is not None:
             self._recorder.action(action, self._obs_ns)
 
@@ -463,5 +483,11 @@ class RosEnv(gym.Env, abc.ABC):
         self._end_recorded_episode()
         if self._ros is not None:
             self._ros.close()
+        self._restore_thread_scheduling()
         if self._recorder is not None:
             self._recorder.close()
+
+    def _restore_thread_scheduling(self) -> None:
+        if self._restore_scheduling is not None:
+            self._restore_scheduling()
+            self._restore_scheduling = None

@@ -12,7 +12,10 @@ Every command the arm env sends passes :class:`ArmSafety` first:
   (the arm holds instead);
 * **watchdog**: observations older than a timeout end the episode after a hold command;
 * **e-stop**: a latched stop (the env serves it as a ``std_srvs/Trigger`` service) that holds
-  the arm and refuses to move until it is cleared.
+  the arm and refuses to move until it is cleared;
+* **loop stall**: a control loop that sent no command for longer than the watchdog timeout
+  (the robot ran on its previous command meanwhile) is recorded; the episode goes on, as the
+  stall is over by the time it is seen and a safe command then would only add a second jolt.
 
 The quadrotor env's commands pass :class:`QuadrotorSafety`: invalid actions are rejected and
 actions clipped as above, a position outside the workspace box or a stale odometry ends the
@@ -46,6 +49,7 @@ logger = logging.getLogger("hw.safety")
 CLIPPED = "action_clipped"
 JOINT_LIMIT = "joint_limit"
 JOINT_STEP = "joint_step"
+LOOP_STALL = "loop_stall"
 WORKSPACE = "workspace"
 INVALID_ACTION = "invalid_action"
 WATCHDOG = "watchdog"
@@ -220,6 +224,17 @@ class SafetyLayer:
         reason += f" (timeout {timeout:g} s)"
         self.record(WATCHDOG, reason)
         return f"watchdog: {reason}"
+
+    def check_loop_gap(self, gap: float) -> None:
+        """Record a loop stall when ``gap``, the seconds since the previous command (or the
+        reset), exceeds the watchdog timeout: the bound the inputs are held to, held to the
+        loop's own output. A 0.3 s stall early in a stand-in x500's flight took it 1.2 m off."""
+        if gap > self.watchdog_timeout:
+            self.record(
+                LOOP_STALL,
+                f"no command for {gap:.3f} s (timeout {self.watchdog_timeout:g} s): the robot "
+                "ran on its previous command",
+            )
 
 
 class ArmSafety(SafetyLayer):

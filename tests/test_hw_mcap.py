@@ -352,10 +352,12 @@ def test_bag_played_back_onto_ros_topics_at_its_timing(deployment, tmp_path):
         sent = [m for m in logged if m.topic == topic]
         got = spy.messages[topic]
         assert [data for _, data in got] == [m.data for m in sent], topic  # order and content
-        # Arrival times follow the log times at twice the speed.
+        # Arrival times follow the log times at twice the speed, up to a constant transport
+        # latency: the first arrival alone is no reference (measured once 7.7 ms late, which
+        # read as every later message being early by as much).
         want = (np.array([m.log_ns for m in sent]) - sent[0].log_ns) * 1e-9 / 2.0
         have = np.array([t for t, _ in got]) - got[0][0]
-        error = np.abs(have - want)
+        error = np.abs(have - want - np.median(have - want))
         assert np.median(error) < 0.005 and error.max() < 0.15, (np.median(error), error.max())
 
 

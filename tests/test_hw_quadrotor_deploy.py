@@ -15,6 +15,7 @@ pytestmark = needs_rclpy
 pytest.importorskip("pybullet", reason="the stand-in hardware needs the `ros` extra (pybullet)")
 pytest.importorskip("foundation_policy", reason="the released RAPTOR policy (baselines extra)")
 
+from hw.safety import LOOP_STALL  # noqa: E402
 from robolearn.cli import main  # noqa: E402
 from robolearn.data.rosbag import read_bag  # noqa: E402
 from robolearn.data.store import EpisodeStore  # noqa: E402
@@ -34,32 +35,40 @@ TOPICS = {
 @pytest.fixture(scope="module", params=sorted(INTERFACES))
 def deployment(request, tmp_path_factory):
     """One x500 episode (5 s, RAPTOR's initial-state distribution) on the stand-in in PX4's
-    conventions, as the README's command runs it; the run folder and the interface."""
+    conventions, as the README's command runs it; the run folder and the interface.
+
+    Deployed again (at most three times) when the machine stalled the loop, as
+    ``tests.test_hw_quadrotor.unstalled`` explains: the deployment's report counts its
+    ``loop_stall`` safety events."""
     import os
 
     if request.param == "px4":
         pytest.importorskip("px4_msgs", reason="px4_msgs is built by ./setup.sh")
-    run = tmp_path_factory.mktemp("quad") / "run"
-    with pytest.MonkeyPatch.context() as env:
-        # Like tests.hw_fixtures.ros_domain, for a module-scoped fixture.
-        env.setenv("ROS_DOMAIN_ID", str(101 + os.getpid() % 100))
-        env.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        code = main(
-            [
-                "deploy",
-                "policy=raptor_released",
-                "hw=standin_quadrotor",
-                "episodes=1",
-                "seed=3",
-                "env.kwargs.params=x500",
-                "env.kwargs.terminate_on_velocity=false",  # RAPTOR's evaluation protocol
-                *INTERFACES[request.param],
-                f"run_dir={run}",
-                "progress=false",
-            ]
-        )
-    assert code == 0
-    return run, request.param
+    for _ in range(3):
+        run = tmp_path_factory.mktemp("quad") / "run"
+        with pytest.MonkeyPatch.context() as env:
+            # Like tests.hw_fixtures.ros_domain, for a module-scoped fixture.
+            env.setenv("ROS_DOMAIN_ID", str(101 + os.getpid() % 100))
+            env.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+            code = main(
+                [
+                    "deploy",
+                    "policy=raptor_released",
+                    "hw=standin_quadrotor",
+                    "episodes=1",
+                    "seed=3",
+                    "env.kwargs.params=x500",
+                    "env.kwargs.terminate_on_velocity=false",  # RAPTOR's evaluation protocol
+                    *INTERFACES[request.param],
+                    f"run_dir={run}",
+                    "progress=false",
+                ]
+            )
+        assert code == 0
+        report = json.loads((run / "report.json").read_text())
+        if LOOP_STALL not in report["safety_events"]:
+            return run, request.param
+    pytest.fail(f"the loop stalled in each of 3 deployments: {report['safety_events']}")
 
 
 def test_deploy_records_the_flight(deployment):

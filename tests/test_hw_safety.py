@@ -16,6 +16,7 @@ from hw.safety import (
     INVALID_ACTION,
     JOINT_LIMIT,
     JOINT_STEP,
+    LOOP_STALL,
     WATCHDOG,
     WORKSPACE,
     ArmSafety,
@@ -90,6 +91,15 @@ def test_watchdog_reports_stale_and_missing_topics(safety):
     assert reason.startswith("watchdog:")
     assert "/joint_states for 0.400 s" in reason and "/object_pose ever" in reason
     assert safety.events[-1].kind == WATCHDOG
+
+
+def test_a_loop_gap_beyond_the_watchdog_timeout_is_a_loop_stall(safety):
+    safety.check_loop_gap(0.05)  # one control period
+    safety.check_loop_gap(0.25)  # the timeout itself
+    assert safety.events == []
+    safety.check_loop_gap(0.31)
+    assert [e.kind for e in safety.events] == [LOOP_STALL]
+    assert "no command for 0.310 s (timeout 0.25 s)" in safety.events[0].detail
 
 
 def test_estop_latches_until_cleared_and_is_thread_safe(safety):
