@@ -23,6 +23,7 @@ from robolearn.algos.raptor.evaluate import (
     HELD_OUT_SEED,
     REFERENCE_RERUN,
     compare_quadrotor_policies,
+    thrust_to_weight_table,
 )
 from robolearn.policy import Policy, load_policy
 
@@ -77,6 +78,10 @@ spun down, and the lower bound is only 0.79 m away: the released policy's Crazyf
 here are such falls.
 
 {comparison["table"]}
+
+Held-out vehicles by thrust-to-weight (survivors, and their median final error):
+
+{thrust_to_weight_table(results)}
 
 Wall time (held-out batch / whole protocol): {timing}.
 """

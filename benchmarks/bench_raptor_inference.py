@@ -125,7 +125,7 @@ def main() -> None:
         methods: dict[str, Callable[[], np.ndarray]] = {
             "foundation-policy `Raptor.evaluate_step` (anchor)": run_package,
             "ReleasedRaptorPolicy.act (wrapper of the anchor)": lambda: run_policy(wrapper),
-            "ours: StudentPolicy.act (torch)": lambda: run_policy(ours),
+            "ours: StudentPolicy.act (numpy on the CPU at batch 1)": lambda: run_policy(ours),
             "ours: RaptorStudent.step (torch, no numpy I/O)": run_module,
             "ours: exported numpy module `step`": run_numpy,
         }

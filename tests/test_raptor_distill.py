@@ -114,6 +114,75 @@ def test_crashed_vehicles_do_not_poison_training():
     assert all(torch.isfinite(p).all() for p in policy.model.parameters())
 
 
+def test_crash_replay_keeps_the_newest_crashes_and_resumes_exactly(tmp_path):
+    """Half the rows crash in every collection (8 crashed episodes per epoch): the replay holds
+    the newest ``crash_replay`` of them, checkpointed with the run."""
+    from robolearn.training import Checkpointer
+
+    def cfg(epochs: int) -> DistillConfig:
+        return DistillConfig(
+            epochs=epochs,
+            teacher_forcing_epochs=1,
+            episodes_per_teacher=2,
+            episode_steps=20,
+            batch_episodes=8,
+            lr=1e-2,
+            crash_replay=6,
+        )
+
+    _, straight = distill(CrashingFleet(), ToyTeachers(), cfg(4), tmp_path / "a", progress=False)
+    assert straight["student_survival"] == [0.5] * 4
+    crashes = Checkpointer(tmp_path / "a").load_state()["crashes"]
+    assert len(crashes.obs) == 6 and not crashes.survived.any()
+    assert crashes.mask[:, :5].all() and not crashes.mask[:, 5:].any()  # crashed at step 5
+    distill(CrashingFleet(), ToyTeachers(), cfg(2), tmp_path / "b", progress=False)
+    _, resumed = distill(CrashingFleet(), ToyTeachers(), cfg(4), tmp_path / "b", progress=False)
+    assert resumed == straight
+
+
+def test_a_checkpoint_from_before_crash_replay_resumes(tmp_path):
+    import math
+
+    from robolearn.training import Checkpointer
+
+    distill(ToyFleet(), ToyTeachers(), toy_config(epochs=2), tmp_path, progress=False)
+    checkpointer = Checkpointer(tmp_path)
+    state = checkpointer.load_state()
+    del state["crashes"], state["curves"]["student_survival"]  # as an older version saved it
+    torch.save(state, checkpointer.latest() / Checkpointer.STATE_FILE)
+    _, curves = distill(
+        ToyFleet(), ToyTeachers(), toy_config(epochs=3, crash_replay=4), tmp_path, progress=False
+    )
+    assert len(curves["loss"]) == 3
+    assert all(map(math.isnan, curves["student_survival"][:2]))
+    assert curves["student_survival"][2] == 1.0
+
+
+def test_crash_replay_trains_on_earlier_crashes(monkeypatch):
+    """From the second on-policy epoch on, the earlier epochs' crashed episodes are trained on
+    next to the new collection."""
+    import robolearn.algos.raptor.distill as distill_module
+
+    seen: list[int] = []
+    original = distill_module.imitation_loss
+
+    def recording_loss(student, batch):
+        seen.append(len(batch.obs))
+        return original(student, batch)
+
+    monkeypatch.setattr(distill_module, "imitation_loss", recording_loss)
+    cfg = DistillConfig(
+        epochs=3,
+        teacher_forcing_epochs=1,
+        episodes_per_teacher=2,
+        episode_steps=20,
+        batch_episodes=100,  # one batch per epoch: its size is the epoch's data
+        crash_replay=6,
+    )
+    distill(CrashingFleet(), ToyTeachers(), cfg, progress=False)
+    assert seen == [16, 16, 16 + 6]
+
+
 class OffsetTeachers(ToyTeachers):
     """Teachers that each hover ``offset[i]`` away from the target, as imperfect RL teachers
     do."""
@@ -171,6 +240,21 @@ def test_interrupted_distillation_resumes_exactly(tmp_path):
     )
     _, resumed = distill(ToyFleet(), ToyTeachers(), cfg, tmp_path / "b", progress=False)
     assert resumed == straight
+
+
+def test_cosine_learning_rate_goes_from_lr_to_lr_final(tmp_path):
+    from robolearn.training import Checkpointer
+
+    cfg = toy_config(epochs=5, lr=1e-2, lr_final=1e-3)
+    rates = [cfg.lr_at(epoch) for epoch in range(5)]
+    assert rates[0] == pytest.approx(1e-2) and rates[-1] == pytest.approx(1e-3)
+    assert rates[2] == pytest.approx(5.5e-3) and rates == sorted(rates, reverse=True)
+    assert toy_config(lr=1e-2).lr_at(3) == 1e-2  # no lr_final: constant (RAPTOR)
+    with pytest.raises(ValueError, match="lr_final=0.1: must be in"):
+        toy_config(lr=1e-2, lr_final=0.1)
+    distill(ToyFleet(), ToyTeachers(), cfg, tmp_path, progress=False)
+    groups = Checkpointer(tmp_path).load_state()["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-3)]
 
 
 def test_more_passes_per_epoch_fit_the_same_data_better():

@@ -14,6 +14,7 @@ from robolearn.algos.raptor.evaluate import (
     compare_quadrotor_policies,
     evaluate_quadrotor,
     px4_clip,
+    thrust_to_weight_table,
 )
 from robolearn.policy import Policy
 
@@ -62,6 +63,15 @@ def test_released_policy_flies_held_out_vehicles(released):
     rows = held["per_vehicle"]
     assert [r["seed"] for r in rows] == list(range(HELD_OUT_SEED, HELD_OUT_SEED + 20))
     assert all((r["final_error"] is None) != r["survived"] for r in rows)
+    # The thrust-to-weight bins partition the vehicles, survivors and errors alike.
+    bins = held["by_thrust_to_weight"]
+    assert [b["thrust_to_weight"] for b in bins] == ["< 2.5", "2.5-3", "3-4", ">= 4"]
+    assert sum(b["episodes"] for b in bins) == 20
+    assert sum(b["survived"] for b in bins) == held["survived"]
+    agile = [r for r in rows if r["thrust_to_weight"] >= 4.0]
+    assert bins[-1]["episodes"] == len(agile) > 0
+    errors = [r["final_error"] for r in agile if r["survived"]]
+    assert bins[-1]["final_error"]["median"] == pytest.approx(np.median(errors))
 
 
 def test_released_policy_presets_cold_start_and_figure_eight(released):
@@ -112,6 +122,11 @@ def test_compared_policies_meet_identical_vehicles_and_initial_states(comparison
     assert len({r["mass"] for r in ours}) == len(ours)
     table = comparison["table"]
     assert "| metric | released | off |" in table and "held-out survival (%)" in table
+    by_tw = thrust_to_weight_table(comparison["results"])
+    lines = by_tw.splitlines()
+    assert lines[0] == "| thrust-to-weight | vehicles | released | off |"
+    # The motors-off policy has no survivors, hence no error, in any bin.
+    assert all(line.endswith(" | 0 |") for line in lines[2:]) and len(lines) == 6
 
 
 def test_px4_clip_clips_only_position_and_velocity_errors():

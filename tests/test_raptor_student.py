@@ -105,6 +105,29 @@ def test_policy_feeds_back_the_raw_action():
     np.testing.assert_array_equal(plain.network_input, obs[2])
 
 
+def test_small_cpu_batches_step_in_numpy_with_the_weights_of_reset():
+    """Deployment-sized batches step in numpy (no GIL release per op), larger ones in torch,
+    with the same actions; each reset takes the model's current weights."""
+    model = random_student()
+    obs = np.random.default_rng(2).normal(size=(30, 9, 22)).astype(np.float32)
+    small, large = StudentPolicy(model), StudentPolicy(model)
+    small.reset(StudentPolicy.NUMPY_MAX_BATCH)
+    large.reset(9)
+    assert isinstance(small.hidden, np.ndarray) and isinstance(large.hidden, torch.Tensor)
+    for t in range(30):
+        a_small = small.act(obs[t, : StudentPolicy.NUMPY_MAX_BATCH])
+        a_large = large.act(obs[t])
+    np.testing.assert_allclose(a_small, a_large[: StudentPolicy.NUMPY_MAX_BATCH], atol=1e-5)
+    small.reset(1)
+    small.act(obs[0, :1])
+    before = small.raw_action.copy()
+    with torch.no_grad():
+        model.output_layer.bias.add_(0.5)  # training goes on between episodes
+    small.reset(1)
+    small.act(obs[0, :1])  # the next episode takes the new weights
+    np.testing.assert_allclose(small.raw_action, before + 0.5, atol=1e-5)
+
+
 def test_checkpoint_round_trip(tmp_path):
     policy = StudentPolicy(random_student(), raw_action_feedback=False)
     path = policy.save(tmp_path / "student")

@@ -299,10 +299,14 @@ def test_raptor_shared_config_is_the_shared_cpu_preset():
     from robolearn.cli import compose_config, raptor_config
 
     cfg = raptor_config(compose_config(["algo=raptor_shared"]))
-    preset = TeacherConfig.shared_cpu_budget(20_000)
+    # The shipped student's teacher: the 20k-step preset (its curriculum, its keep-best cadence)
+    # trained on to 80k steps.
+    preset = dataclasses.replace(TeacherConfig.shared_cpu_budget(20_000), steps=80_000)
     # The yaml logs and checkpoints more often; hover_init and normalize_obs do not apply.
     ignored = {"log_every", "checkpoint_every", "hover_init", "normalize_obs"}
     yaml, expected = (json.loads(json.dumps(c.to_dict())) for c in (cfg.teacher, preset))
     for name in set(expected) - ignored:
         assert yaml[name] == expected[name], name
     assert cfg.teachers == 1000 and cfg.min_teacher_return == 300
+    assert (cfg.distill.epochs, cfg.distill.lr, cfg.distill.lr_final) == (60, 1e-3, 1e-4)
+    assert cfg.distill.crash_replay == 2000

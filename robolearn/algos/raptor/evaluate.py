@@ -15,6 +15,9 @@
    at the target): peak position error and the time it occurs, and the error over the last 1 s.
 3. **Figure-eight tracking** per preset (``reference="figure_eight"``, starting hovering at the
    origin): RMS position error over the episode and after the first second.
+4. **By thrust-to-weight**: survival and final error of the held-out vehicles in bins of their
+   thrust-to-weight ratio (:data:`THRUST_TO_WEIGHT_EDGES`), where policies part ways: agile
+   vehicles overshoot from far starts first.
 
 Observations get PX4-style input clipping (position error +-0.5 m, velocity error +-1 m/s),
 applied here rather than in the env so that the unclipped errors can be recorded for plots;
@@ -51,6 +54,8 @@ HELD_OUT_SEED = 10_000_000
 PRESETS = ("crazyflie", "x500")
 #: Steps of the trailing window over which the final error is averaged (1 s at 100 Hz).
 FINAL_WINDOW = int(CONTROL_HZ)
+#: Inner edges of the held-out breakdown's thrust-to-weight bins (RAPTOR samples 1.5-5).
+THRUST_TO_WEIGHT_EDGES = (2.5, 3.0, 4.0)
 DT = 1.0 / CONTROL_HZ
 POSITION = slice(0, 3)
 VELOCITY = slice(12, 15)
@@ -192,6 +197,28 @@ def _summary(flight: Flight) -> dict[str, Any]:
     }
 
 
+def _by_thrust_to_weight(flight: Flight) -> list[dict[str, Any]]:
+    """Episodes, survivors and final-error statistics of the vehicles in each thrust-to-weight
+    bin, labelled by its range."""
+    edges = THRUST_TO_WEIGHT_EDGES
+    labels = [f"< {edges[0]:g}"]
+    labels += [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    labels += [f">= {edges[-1]:g}"]
+    bins = np.digitize(flight.vehicle["thrust_to_weight"], edges)
+    rows = []
+    for i, label in enumerate(labels):
+        members = bins == i
+        rows.append(
+            {
+                "thrust_to_weight": label,
+                "episodes": int(members.sum()),
+                "survived": int(flight.survived[members].sum()),
+                "final_error": _stats(flight.final_errors[members]),
+            }
+        )
+    return rows
+
+
 def _per_vehicle(flight: Flight) -> list[dict[str, Any]]:
     rows = []
     for i, seed in enumerate(flight.seeds.tolist()):
@@ -239,7 +266,8 @@ def evaluate_quadrotor(
 
     Returns:
         A JSON-ready dict: ``protocol`` (settings), ``held_out`` (survival, final error
-        statistics in m, its own ``wall_time_s``, ``per_vehicle`` table), ``presets`` (per
+        statistics in m, its own ``wall_time_s``, the same per thrust-to-weight bin in
+        ``by_thrust_to_weight``, ``per_vehicle`` table), ``presets`` (per
         preset: the same statistics, ``cold_start`` and ``figure_eight``), ``headline``
         (:func:`headline`) and the total ``wall_time_s``.
     """
@@ -296,6 +324,7 @@ def evaluate_quadrotor(
         "held_out": {
             **_summary(held_out),
             "wall_time_s": held_out_time,
+            "by_thrust_to_weight": _by_thrust_to_weight(held_out),
             "per_vehicle": _per_vehicle(held_out),
         },
         "presets": preset_results,
@@ -342,6 +371,26 @@ def comparison_table(
     return "\n".join(lines)
 
 
+def thrust_to_weight_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """A markdown table of the held-out vehicles by thrust-to-weight bin, one column per
+    policy: survivors of vehicles, and the survivors' median final error."""
+    columns = {name: r["held_out"]["by_thrust_to_weight"] for name, r in results.items()}
+    lines = [
+        "| thrust-to-weight | vehicles | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 2) + "|",
+    ]
+    # Every policy flew the same vehicles: the bins and their sizes are the first one's.
+    for i, bin_row in enumerate(next(iter(columns.values()))):
+        cells = []
+        for rows in columns.values():
+            median = 100 * rows[i]["final_error"]["median"]
+            error = f", {median:.3g} cm" if np.isfinite(median) else ""
+            cells.append(f"{rows[i]['survived']}{error}")
+        label, episodes = bin_row["thrust_to_weight"], bin_row["episodes"]
+        lines.append(f"| {label} | {episodes} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def compare_quadrotor_policies(
     policies: Mapping[str, Policy],
     vehicles: int = 300,
@@ -357,7 +406,8 @@ def compare_quadrotor_policies(
 
     Every policy runs :func:`evaluate_quadrotor` with the same ``seed``, so vehicle ``i`` is
     the same quadrotor in the same initial state for all of them. With ``out_dir``, each
-    policy's outputs go to ``out_dir/<name>`` and the table to ``out_dir/report.md``.
+    policy's outputs go to ``out_dir/<name>``, and the table, with the held-out vehicles by
+    thrust-to-weight (:func:`thrust_to_weight_table`), to ``out_dir/report.md``.
 
     Returns:
         ``{"results": {name: evaluate_quadrotor result}, "table": markdown table}``.
@@ -385,7 +435,9 @@ def compare_quadrotor_policies(
         (root / "report.md").write_text(
             f"# Quadrotor protocol: {', '.join(policies)}\n\n"
             f"{vehicles} held-out vehicles from seed {seed}, same vehicles and initial states "
-            f"for every policy.\n\n{table}\n"
+            f"for every policy.\n\n{table}\n\n"
+            "Held-out vehicles by thrust-to-weight: survivors, and their median final error.\n\n"
+            f"{thrust_to_weight_table(results)}\n"
         )
     return {"results": results, "table": table}
 

@@ -16,11 +16,11 @@ RAPTOR was trained (reference raptor.md, section 4).
 from __future__ import annotations
 
 import base64
+import inspect
 import re
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from robolearn.algos.raptor.student import (
     ACTION_DIM,
@@ -28,29 +28,9 @@ from robolearn.algos.raptor.student import (
     OBS_DIM,
     RaptorStudent,
     StudentPolicy,
+    numpy_step,
+    student_weights,
 )
-
-
-def student_weights(student: StudentPolicy | RaptorStudent) -> dict[str, np.ndarray]:
-    """The student's tensors as float32 numpy arrays, named by layer (C-ordered, row = output)."""
-    model = student.model if isinstance(student, StudentPolicy) else student
-    gru = model.gru
-    tensors: dict[str, torch.Tensor] = {
-        "input_weight": model.input_layer.weight,
-        "input_bias": model.input_layer.bias,
-        "gru_weight_ih": gru.weight_ih_l0,
-        "gru_weight_hh": gru.weight_hh_l0,
-        "gru_bias_ih": gru.bias_ih_l0,
-        "gru_bias_hh": gru.bias_hh_l0,
-        "output_weight": model.output_layer.weight,
-        "output_bias": model.output_layer.bias,
-        "initial_hidden": model.initial_hidden,
-    }
-    return {
-        k: np.ascontiguousarray(v.detach().cpu().numpy(), dtype=np.float32)
-        for k, v in tensors.items()
-    }
-
 
 _NUMPY_MODULE = '''"""RAPTOR student (Dense 22->16 ReLU, GRU 16, Dense 16->4) exported by robolearn.
 
@@ -72,10 +52,10 @@ def _load(name):
     return flat.reshape(_SHAPES[name]).astype(np.float32)
 
 
+{numpy_step}
+
 class RaptorStudentNumpy:
     """The exported student. Observation (B, {obs_dim}) float32 -> raw action (B, {action_dim})."""
-
-    hidden_dim = {hidden_dim}
 
     def __init__(self):
         self.weights = {{name: _load(name) for name in _SHAPES}}
@@ -87,19 +67,11 @@ class RaptorStudentNumpy:
 
     def step(self, obs):
         """Advance the hidden state by one step (100 Hz) and return the raw actions (B, 4)."""
-        w = self.weights
         x = np.asarray(obs, dtype=np.float32)
         if self.hidden is None:
             self.reset(len(x))
-        x = np.maximum(x @ w["input_weight"].T + w["input_bias"], np.float32(0))
-        gi = x @ w["gru_weight_ih"].T + w["gru_bias_ih"]
-        gh = self.hidden @ w["gru_weight_hh"].T + w["gru_bias_hh"]
-        n = self.hidden_dim
-        rz = np.float32(1) / (np.float32(1) + np.exp(-(gi[:, : 2 * n] + gh[:, : 2 * n])))
-        r, z = rz[:, :n], rz[:, n:]
-        candidate = np.tanh(gi[:, 2 * n :] + r * gh[:, 2 * n :])
-        self.hidden = z * self.hidden + (np.float32(1) - z) * candidate
-        return self.hidden @ w["output_weight"].T + w["output_bias"]
+        action, self.hidden = numpy_step(self.weights, x, self.hidden)
+        return action
 '''
 
 
@@ -114,7 +86,8 @@ def export_numpy(policy: StudentPolicy | RaptorStudent, path: str | Path) -> Pat
         data={k: base64.b64encode(v.astype("<f4").tobytes()).decode() for k, v in weights.items()},
         obs_dim=OBS_DIM,
         action_dim=ACTION_DIM,
-        hidden_dim=HIDDEN_DIM,
+        # The very function StudentPolicy steps with on the CPU: one implementation of both.
+        numpy_step=inspect.getsource(numpy_step),
     )
     path = Path(path)
     path.write_text(text)

@@ -82,6 +82,45 @@ class RaptorStudent(nn.Module):
         return F.linear(hidden, self.output_layer.weight, self.output_layer.bias), hidden
 
 
+def student_weights(student: StudentPolicy | RaptorStudent) -> dict[str, np.ndarray]:
+    """The student's tensors as float32 numpy arrays, named by layer (C-ordered, row = output)."""
+    model = student.model if isinstance(student, StudentPolicy) else student
+    gru = model.gru
+    tensors: dict[str, torch.Tensor] = {
+        "input_weight": model.input_layer.weight,
+        "input_bias": model.input_layer.bias,
+        "gru_weight_ih": gru.weight_ih_l0,
+        "gru_weight_hh": gru.weight_hh_l0,
+        "gru_bias_ih": gru.bias_ih_l0,
+        "gru_bias_hh": gru.bias_hh_l0,
+        "output_weight": model.output_layer.weight,
+        "output_bias": model.output_layer.bias,
+        "initial_hidden": model.initial_hidden,
+    }
+    return {
+        k: np.ascontiguousarray(v.detach().cpu().numpy(), dtype=np.float32)
+        for k, v in tensors.items()
+    }
+
+
+def numpy_step(
+    weights: dict[str, np.ndarray], obs: np.ndarray, hidden: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step of the student in numpy float32, the arithmetic of ``RaptorStudent.step``:
+    ``weights`` from ``student_weights``, obs (B, 22), hidden (B, 16) -> raw action (B, 4),
+    hidden (B, 16). The numpy export runs this very function."""
+    w = weights
+    n = hidden.shape[1]
+    x = np.maximum(obs @ w["input_weight"].T + w["input_bias"], np.float32(0))
+    gi = x @ w["gru_weight_ih"].T + w["gru_bias_ih"]
+    gh = hidden @ w["gru_weight_hh"].T + w["gru_bias_hh"]
+    rz = np.float32(1) / (np.float32(1) + np.exp(-(gi[:, : 2 * n] + gh[:, : 2 * n])))
+    r, z = rz[:, :n], rz[:, n:]
+    candidate = np.tanh(gi[:, 2 * n :] + r * gh[:, 2 * n :])
+    hidden = z * hidden + (np.float32(1) - z) * candidate
+    return hidden @ w["output_weight"].T + w["output_bias"], hidden
+
+
 class StudentPolicy(Policy):
     """The student as a robolearn policy: batched numpy in, clipped actions in [-1, 1] out.
 
@@ -92,9 +131,17 @@ class StudentPolicy(Policy):
     env records; when no output saturates this changes nothing. The first step uses the env's
     value (the env's reset action). ``raw_action`` holds the last raw output and
     ``network_input`` the last observation the network actually saw (for relabelling).
+
+    On the CPU, episodes of up to ``NUMPY_MAX_BATCH`` vehicles (a deployment) step in numpy
+    (:func:`numpy_step`, on the weights as of ``reset``): torch releases the GIL around every
+    op, and in a process whose ROS executor thread competes for it each release can cost the
+    step up to the interpreter's switch interval. On the stand-in Crazyflie the torch step
+    overran the 100 Hz loop 1.2-2.5x as often as this one (two runs of 20 episodes).
     """
 
     policy_type = "raptor_student"
+    #: Largest batch stepped in numpy on the CPU (larger ones, e.g. evaluations, use torch).
+    NUMPY_MAX_BATCH = 8
 
     def __init__(
         self,
@@ -105,14 +152,20 @@ class StudentPolicy(Policy):
         self.device = torch.device(resolve_device(device))
         self.model = (model if model is not None else RaptorStudent()).to(self.device)
         self.raw_action_feedback = raw_action_feedback
-        self.hidden: torch.Tensor | None = None
+        self.hidden: torch.Tensor | np.ndarray | None = None
         self.raw_action: np.ndarray | None = None
         self.network_input: np.ndarray | None = None
+        self._numpy_weights: dict[str, np.ndarray] | None = None  # set: step in numpy
 
     def reset(self, batch_size: int = 1) -> None:
         """Start ``batch_size`` episodes from the learned initial hidden state."""
-        with torch.no_grad():
-            self.hidden = self.model.initial_state(batch_size).clone()
+        if self.device.type == "cpu" and batch_size <= self.NUMPY_MAX_BATCH:
+            self._numpy_weights = student_weights(self.model)
+            self.hidden = np.tile(self._numpy_weights["initial_hidden"], (batch_size, 1))
+        else:
+            self._numpy_weights = None
+            with torch.no_grad():
+                self.hidden = self.model.initial_state(batch_size).clone()
         self.raw_action = None
         self.network_input = None
 
@@ -122,9 +175,12 @@ class StudentPolicy(Policy):
         if self.hidden is None:
             self.reset(len(flat_observation(obs)))
         x = prepare_observation(obs, len(self.hidden), self.raw_action, self.raw_action_feedback)
-        action, self.hidden = self.model.step(torch.from_numpy(x).to(self.device), self.hidden)
+        if self._numpy_weights is not None:
+            self.raw_action, self.hidden = numpy_step(self._numpy_weights, x, self.hidden)
+        else:
+            action, self.hidden = self.model.step(torch.from_numpy(x).to(self.device), self.hidden)
+            self.raw_action = action.cpu().numpy()
         self.network_input = x
-        self.raw_action = action.cpu().numpy()
         return np.clip(self.raw_action, -1.0, 1.0)
 
     def config(self) -> dict[str, Any]:
