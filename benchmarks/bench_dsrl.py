@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import time
@@ -41,6 +40,7 @@ from robolearn.envs import make_env, make_vector_env
 from robolearn.policy import Policy, as_dict
 from robolearn.report import plot_curves
 from robolearn.rollout import rollout
+from robolearn.training import Checkpointer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dsrl"
 EVAL_SEED = 1_000_000
@@ -146,25 +146,23 @@ class SB3Policy(Policy):
 def run_sac_scratch(env_id: str, seed: int, budget: int, run_dir: Path) -> list[tuple[int, float]]:
     """SB3 SAC from scratch, per env step; resumable from its last evaluation.
 
-    At every evaluation the model, its replay buffer and the curve so far are saved in
-    ``run_dir``; a rerun of the same command continues from there (a 100k-step run takes about
-    100 minutes on one core, longer than is safe to lose).
+    At every evaluation the model, its replay buffer and the curve so far are saved as one
+    checkpoint (``run_dir/checkpoints/latest``, swapped in whole); a rerun of the same command
+    continues from there (a 100k-step run takes about 100 minutes on one core, longer than is
+    safe to lose).
     """
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
     env = make_env(env_id)
     evaluate = evaluator(env_id)
-    model_path, buffer_path = run_dir / "model.zip", run_dir / "replay.pkl"
-    curve_path = run_dir / "curve.json"  # written last: the checkpoint's commit marker
-    if curve_path.exists():
-        model = SAC.load(model_path, env=env)
-        model.load_replay_buffer(buffer_path)
-        curve = [tuple(point) for point in json.loads(curve_path.read_text())]
-        # SB3 calls back before storing the step's transition: the buffer is one short.
-        missing = model.num_timesteps - model.replay_buffer.size()
-        if curve[-1][0] != model.num_timesteps or missing not in (0, 1):
-            raise SystemExit(f"{run_dir}: model, replay buffer and curve disagree; delete it")
+    # model.zip, replay.pkl and curve.json of one evaluation, swapped in as one directory.
+    checkpointer = Checkpointer(run_dir)
+    latest = checkpointer.latest()
+    if latest is not None:
+        model = SAC.load(latest / "model.zip", env=env)
+        model.load_replay_buffer(latest / "replay.pkl")
+        curve = [tuple(point) for point in json.loads((latest / "curve.json").read_text())]
         print(f"sac_scratch {env_id}: resumed at {model.num_timesteps} steps", flush=True)
     else:
         policy = "MultiInputPolicy" if hasattr(env.observation_space, "spaces") else "MlpPolicy"
@@ -173,23 +171,17 @@ def run_sac_scratch(env_id: str, seed: int, budget: int, run_dir: Path) -> list[
         )
         curve = [(0, evaluate(SB3Policy(model)))]
 
+    def fill(directory: Path) -> None:
+        model.save_replay_buffer(directory / "replay.pkl")
+        model.save(directory / "model.zip")
+        (directory / "curve.json").write_text(json.dumps(curve))
+
     class Eval(BaseCallback):
         def _on_step(self) -> bool:
             if self.num_timesteps % EVAL_EVERY == 0 or self.num_timesteps == budget:
                 curve.append((self.num_timesteps, evaluate(SB3Policy(self.model))))
                 print(f"sac_scratch {env_id} {curve[-1]}", flush=True)
-                # Each file replaced whole, the curve last: a kill mid-save leaves the previous
-                # checkpoint (or a newer model and buffer with the old curve, which the resume
-                # check rejects).
-                run_dir.mkdir(parents=True, exist_ok=True)
-                for path, save in (
-                    (buffer_path, self.model.save_replay_buffer),
-                    (model_path, self.model.save),
-                    (curve_path, lambda p: Path(p).write_text(json.dumps(curve))),
-                ):
-                    partial = path.with_name(f"partial-{path.name}")
-                    save(partial)
-                    os.replace(partial, path)
+                checkpointer.write(fill)
             return True
 
     model.learn(budget - model.num_timesteps, callback=Eval(), reset_num_timesteps=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,14 @@ def read_metric(run_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Checkpointer:
-    """Saves the policy and its training state as one directory, swapped in atomically.
+    """Saves a checkpoint as one directory, swapped in atomically.
 
     ``checkpoints/latest/`` holds a loadable policy checkpoint plus ``train_state.pt``
-    (optimiser, scheduler, step, RNG states). A new checkpoint is written to a temporary
-    directory and swapped in by renames, so a crash at any moment leaves either the previous or
-    the new checkpoint whole: if the crash falls between the two renames, ``.latest.old`` is
-    the previous one and ``load_state`` falls back to it.
+    (optimiser, scheduler, step, RNG states) from :meth:`save`, or whatever files :meth:`write`
+    was given. A new checkpoint is written to a temporary directory and swapped in by renames,
+    so a crash at any moment leaves either the previous or the new checkpoint whole: if the
+    crash falls between the two renames, ``.latest.old`` is the previous one and
+    :meth:`latest` falls back to it.
     """
 
     STATE_FILE = "train_state.pt"
@@ -88,29 +90,42 @@ class Checkpointer:
         self._tmp = self.dir / ".latest.tmp"
         self._old = self.dir / ".latest.old"
 
-    def save(self, policy: Policy, state: dict[str, Any]) -> None:
-        import torch
-
+    def write(self, fill: Callable[[Path], None]) -> None:
+        """Swap in a new checkpoint whose files ``fill(directory)`` writes."""
         self.dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self._tmp, ignore_errors=True)
-        policy.save(self._tmp)
-        torch.save(state, self._tmp / self.STATE_FILE)
+        self._tmp.mkdir()
+        fill(self._tmp)
         shutil.rmtree(self._old, ignore_errors=True)
         if self.policy_dir.exists():
             os.replace(self.policy_dir, self._old)
         os.replace(self._tmp, self.policy_dir)
         shutil.rmtree(self._old, ignore_errors=True)
 
+    def save(self, policy: Policy, state: dict[str, Any]) -> None:
+        """Swap in ``policy``'s checkpoint with ``state`` beside it."""
+        import torch
+
+        def fill(directory: Path) -> None:
+            policy.save(directory)
+            torch.save(state, directory / self.STATE_FILE)
+
+        self.write(fill)
+
+    def latest(self) -> Path | None:
+        """The directory of the last whole checkpoint, or None when there is none yet."""
+        if not self.policy_dir.exists() and self._old.exists():
+            os.replace(self._old, self.policy_dir)  # the crash fell between the two renames
+        return self.policy_dir if self.policy_dir.exists() else None
+
     def load_state(self) -> dict[str, Any] | None:
         """The saved training state, or None when the run has no checkpoint yet."""
         import torch
 
-        if not self.policy_dir.exists() and self._old.exists():
-            os.replace(self._old, self.policy_dir)  # the crash fell between the two renames
-        state_file = self.policy_dir / self.STATE_FILE
-        if not state_file.exists():
+        latest = self.latest()
+        if latest is None or not (latest / self.STATE_FILE).exists():
             return None
-        return torch.load(state_file, map_location="cpu", weights_only=False)
+        return torch.load(latest / self.STATE_FILE, map_location="cpu", weights_only=False)
 
 
 class EMA:
