@@ -183,6 +183,53 @@ def test_crash_replay_trains_on_earlier_crashes(monkeypatch):
     assert seen == [16, 16, 16 + 6]
 
 
+class OnceAllCrashingFleet(CrashingFleet):
+    """As CrashingFleet, but in the sixth collection every vehicle crashes, which ends it at step
+    5: the first on-policy one (two for the steady-state offsets, then per epoch two for
+    training and the student's own flight)."""
+
+    collections = 0
+
+    def reset(self, mask=None):
+        self.collections += 1
+        return super().reset(mask)
+
+    def step(self, action):
+        obs, reward, terminated, truncated = super().step(action)
+        if self.collections == 6 and self.t == 5:
+            self.x = torch.full_like(self.x, torch.nan)
+            terminated = torch.ones_like(terminated)
+        return self._teacher_obs(), torch.nan_to_num(reward), terminated, truncated
+
+
+def test_a_collection_that_ends_early_does_not_shorten_later_training(monkeypatch):
+    """Episodes are padded (masked) to the longest, not cut to the shortest: once every vehicle
+    crashed in one collection, later epochs (and the crash replay) still train on 20 steps."""
+    import robolearn.algos.raptor.distill as distill_module
+
+    seen: list[tuple[int, int, float]] = []
+    original = distill_module.imitation_loss
+
+    def recording_loss(student, batch):
+        seen.append((len(batch.obs), batch.obs.shape[1], float(batch.mask.sum())))
+        return original(student, batch)
+
+    monkeypatch.setattr(distill_module, "imitation_loss", recording_loss)
+    cfg = DistillConfig(
+        epochs=3,
+        teacher_forcing_epochs=1,
+        episodes_per_teacher=2,
+        episode_steps=20,
+        batch_episodes=100,  # one batch per epoch: its shape is the epoch's data
+        crash_replay=6,
+    )
+    distill(OnceAllCrashingFleet(), ToyTeachers(), cfg, progress=False)
+    # (episodes, steps, labelled steps). Epoch 0: 2 x 8 episodes, 4 of each crashed at step 5.
+    # Epoch 1: all 8 of the first round crashed, 4 of the second. Epoch 2: 16 new episodes
+    # and the 6 newest crashes replayed, still 20 steps long.
+    assert seen == [(16, 20, 8 * 5 + 8 * 20), (16, 20, 12 * 5 + 4 * 20), (22, 20, 14 * 5 + 8 * 20)]
+
+
 class OffsetTeachers(ToyTeachers):
     """Teachers that each hover ``offset[i]`` away from the target, as imperfect RL teachers
     do."""

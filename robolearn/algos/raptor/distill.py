@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from robolearn.algos.raptor.student import RaptorStudent, StudentPolicy
 from robolearn.training import Checkpointer, MetricLog
@@ -225,13 +226,17 @@ def imitation_loss(student: RaptorStudent, batch: Rollouts) -> torch.Tensor:
 
 
 def _concat(parts: list[Rollouts]) -> Rollouts:
-    """The episodes of all ``parts``, cut to the shortest part's steps (a collection ends early
-    when every vehicle crashed; a crashed episode's later steps are masked anyway)."""
-    steps = min(p.obs.shape[1] for p in parts)
+    """The episodes of all ``parts``, padded to the longest part's steps with masked zeros (a
+    collection ends early when every vehicle crashed: the steps it never flew carry no label)."""
+    steps = max(p.obs.shape[1] for p in parts)
+
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, 0) * (x.dim() - 2) + (0, steps - x.shape[1]))
+
     return Rollouts(
-        torch.cat([p.obs[:, :steps] for p in parts]),
-        torch.cat([p.labels[:, :steps] for p in parts]),
-        torch.cat([p.mask[:, :steps] for p in parts]),
+        torch.cat([padded(p.obs) for p in parts]),
+        torch.cat([padded(p.labels) for p in parts]),
+        torch.cat([padded(p.mask) for p in parts]),
         torch.cat([p.returns for p in parts]),
         torch.cat([p.survived for p in parts]),
     )
