@@ -209,41 +209,43 @@ def rclpy_loop(
     latest: list[Any] = []
     done = threading.Event()
     restore = use_realtime_priority(priority) if priority else None
-    with RosRuntime() as ros:
-        node = ros.create_node("bench_rclpy")
-        pub = node.create_publisher(JointTrajectory, TRAJECTORY, command_qos())
-        gripper = node.create_publisher(Float64MultiArray, GRIPPER, command_qos())
+    try:
+        with RosRuntime() as ros:
+            node = ros.create_node("bench_rclpy")
+            pub = node.create_publisher(JointTrajectory, TRAJECTORY, command_qos())
+            gripper = node.create_publisher(Float64MultiArray, GRIPPER, command_qos())
 
-        def command(msg: Any) -> None:
-            if len(stamps) >= steps:
-                done.set()
-                return
-            point = JointTrajectoryPoint(
-                positions=list(msg.position[:7]), time_from_start=seconds_to_duration(1 / HZ)
-            )
-            pub.publish(JointTrajectory(joint_names=list(JOINT_NAMES), points=[point]))
-            stamps.append(stamp_to_ns(msg.header.stamp))
+            def command(msg: Any) -> None:
+                if len(stamps) >= steps:
+                    done.set()
+                    return
+                point = JointTrajectoryPoint(
+                    positions=list(msg.position[:7]), time_from_start=seconds_to_duration(1 / HZ)
+                )
+                pub.publish(JointTrajectory(joint_names=list(JOINT_NAMES), points=[point]))
+                stamps.append(stamp_to_ns(msg.header.stamp))
 
-        def on_joints(msg: Any) -> None:
-            if per_message:
-                command(msg)
-            else:
-                latest[:] = [msg]
+            def on_joints(msg: Any) -> None:
+                if per_message:
+                    command(msg)
+                else:
+                    latest[:] = [msg]
 
-        # Commands before the driver subscribes would be lost (as the adapter's reset waits).
-        deadline = time.monotonic() + 30
-        while pub.get_subscription_count() == 0 or gripper.get_subscription_count() == 0:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the fake driver did not subscribe the command topics")
-            time.sleep(0.01)
-        cpu = time.process_time()
-        node.create_subscription(JointState, "/joint_states", on_joints, sensor_qos())
-        if not per_message:
-            node.create_timer(1 / HZ, lambda: command(latest[0]) if latest else None)
-        done.wait()
-        cpu = time.process_time() - cpu
-    if restore is not None:
-        restore()
+            # Commands before the driver subscribes would be lost (as the adapter's reset waits).
+            deadline = time.monotonic() + 30
+            while pub.get_subscription_count() == 0 or gripper.get_subscription_count() == 0:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the fake driver did not subscribe the command topics")
+                time.sleep(0.01)
+            cpu = time.process_time()
+            node.create_subscription(JointState, "/joint_states", on_joints, sensor_qos())
+            if not per_message:
+                node.create_timer(1 / HZ, lambda: command(latest[0]) if latest else None)
+            done.wait()
+            cpu = time.process_time() - cpu
+    finally:
+        if restore is not None:
+            restore()
     return stamps, 0, {"overruns": 0, "aborts": [], "cpu_s": cpu}
 
 

@@ -93,8 +93,10 @@ class RosEnv(gym.Env, abc.ABC):
             message stamped at least half a control period after the current observation's
             (for at most the watchdog timeout), instead of sleeping to a local tick.
         realtime_priority: SCHED_FIFO priority (1-99) for the thread that creates the env
-            (the one that should step it) and for the ROS threads it starts, until ``close``;
-            ``None`` leaves scheduling alone. See :func:`hw.ros.use_realtime_priority`.
+            (the one that should step it) until ``close``, and for every thread or process it
+            starts meanwhile, the env's ROS threads first (they inherit it, and keep it; so do
+            e.g. torch's worker threads if the first torch op runs in that time). ``None``
+            leaves scheduling alone. See :func:`hw.ros.use_realtime_priority`.
     """
 
     #: The robot's safety layer, set by the subclass before :meth:`_start_node`.
@@ -174,8 +176,8 @@ class RosEnv(gym.Env, abc.ABC):
 
         if self.realtime_priority is not None:  # first: the runtime's threads inherit it
             self._restore_scheduling = use_realtime_priority(self.realtime_priority)
-        self._ros = RosRuntime(domain_id)
         try:
+            self._ros = RosRuntime(domain_id)
             node = self._ros.create_node(node_name)
             self.node = node
             self._setup_topics(node)
@@ -189,7 +191,8 @@ class RosEnv(gym.Env, abc.ABC):
                 self._reset_client = node.create_client(Trigger, f"{base}/reset")
                 self._params_client = node.create_client(SetParameters, f"{base}/set_parameters")
         except BaseException:
-            self._ros.close()
+            if self._ros is not None:
+                self._ros.close()
             self._restore_thread_scheduling()
             raise
 

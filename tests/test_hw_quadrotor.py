@@ -91,21 +91,23 @@ def make(ros_domain, closing):  # noqa: F811 - the fixtures
 
 def fly(env, steps: int, start=START, policy=None, seed: int | None = None):
     """Fly the released RAPTOR policy from ``start``: the position errors, the last info and
-    the machine's stalls of the flight (:func:`tests.hw_fixtures.machine_stalls`; a watchdog
-    abort, a stale odometry, is one too)."""
+    the machine's stalls of the flight (:func:`tests.hw_fixtures.machine_stalls`; a loop stall
+    and a watchdog abort, a stale odometry, are ones too)."""
     policy = policy or ReleasedRaptorPolicy()
     policy.reset(1)
     options = None if start is None else {"initial_state": start}
     obs, info = env.reset(seed=seed, options=options)
     errors, stamps, latencies = [], [info["stamp_ns"]], [info["obs_latency"]]
+    loop_stalls: list[str] = []
     for _ in range(steps):
         obs, _, terminated, truncated, info = env.step(policy.act(obs[None])[0])
         errors.append(info["position_error"])
         stamps.append(info["stamp_ns"])
         latencies.append(info["obs_latency"])
+        loop_stalls += [e["detail"] for e in info["safety_events"] if e["kind"] == LOOP_STALL]
         if terminated or truncated:
             break
-    stalls = machine_stalls(stamps, latencies)
+    stalls = machine_stalls(stamps, latencies) + loop_stalls
     if info.get("abort_reason", "").startswith("watchdog"):
         stalls.append(info["abort_reason"])
     return np.asarray(errors), info, stalls

@@ -15,7 +15,7 @@ pytestmark = needs_rclpy
 pytest.importorskip("pybullet", reason="the stand-in hardware needs the `ros` extra (pybullet)")
 pytest.importorskip("foundation_policy", reason="the released RAPTOR policy (baselines extra)")
 
-from hw.safety import LOOP_STALL  # noqa: E402
+from hw.safety import LOOP_STALL, WATCHDOG  # noqa: E402
 from robolearn.cli import main  # noqa: E402
 from robolearn.data.rosbag import read_bag  # noqa: E402
 from robolearn.data.store import EpisodeStore  # noqa: E402
@@ -38,8 +38,8 @@ def deployment(request, tmp_path_factory):
     conventions, as the README's command runs it; the run folder and the interface.
 
     Deployed again (at most three times) when the machine stalled the flight, as
-    ``tests.hw_fixtures.machine_stalls`` explains, or the loop (the report counts its
-    ``loop_stall`` safety events)."""
+    ``tests.hw_fixtures.machine_stalls`` explains: late or stale observations, a loop stall or
+    a watchdog abort (the report counts those safety events)."""
     import os
 
     if request.param == "px4":
@@ -68,8 +68,11 @@ def deployment(request, tmp_path_factory):
         report = json.loads((run / "report.json").read_text())
         episode = EpisodeStore.open(run / "episodes.zarr").get_episode(0)
         stalls = machine_stalls(episode["stamp_ns"], episode["obs_latency"])
-        if LOOP_STALL in report["safety_events"]:
-            stalls.append(f"{LOOP_STALL}: {report['safety_events'][LOOP_STALL]}")
+        stalls += [
+            f"{kind}: {report['safety_events'][kind]}"
+            for kind in (LOOP_STALL, WATCHDOG)
+            if kind in report["safety_events"]
+        ]
         if not stalls:
             return run, request.param
     pytest.fail(f"the machine stalled each of 3 deployments: {stalls}")

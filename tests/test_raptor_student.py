@@ -128,6 +128,24 @@ def test_small_cpu_batches_step_in_numpy_with_the_weights_of_reset():
     np.testing.assert_allclose(small.raw_action, before + 0.5, atol=1e-5)
 
 
+def test_numpy_step_saturates_its_gates_silently_as_torch_does():
+    """Far outside the training data (a crash), the sigmoid gates saturate without an overflow
+    warning (which a deployment would print at 100 Hz) and agree with torch."""
+    import warnings
+
+    model = random_student()
+    obs = np.full((1, 22), 1e4, dtype=np.float32)
+    obs[0, ::2] = -1e4
+    in_numpy, in_torch = StudentPolicy(model), StudentPolicy(model)
+    in_numpy.reset(1)
+    in_torch.reset(StudentPolicy.NUMPY_MAX_BATCH + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        action = in_numpy.act(obs)
+    reference = in_torch.act(np.repeat(obs, StudentPolicy.NUMPY_MAX_BATCH + 1, 0))[:1]
+    np.testing.assert_allclose(action, reference, atol=1e-5)
+
+
 def test_checkpoint_round_trip(tmp_path):
     policy = StudentPolicy(random_student(), raw_action_feedback=False)
     path = policy.save(tmp_path / "student")

@@ -29,7 +29,8 @@ def numpy_step(
     x = np.maximum(obs @ w["input_weight"].T + w["input_bias"], np.float32(0))
     gi = x @ w["gru_weight_ih"].T + w["gru_bias_ih"]
     gh = hidden @ w["gru_weight_hh"].T + w["gru_bias_hh"]
-    rz = np.float32(1) / (np.float32(1) + np.exp(-(gi[:, : 2 * n] + gh[:, : 2 * n])))
+    with np.errstate(over="ignore"):  # exp(-x) -> inf far below 0, where the gate is 0
+        rz = np.float32(1) / (np.float32(1) + np.exp(-(gi[:, : 2 * n] + gh[:, : 2 * n])))
     r, z = rz[:, :n], rz[:, n:]
     candidate = np.tanh(gi[:, 2 * n :] + r * gh[:, 2 * n :])
     hidden = z * hidden + (np.float32(1) - z) * candidate
