@@ -64,11 +64,10 @@ READING = (
     "~0.2 ms; the action's checks, IK and safety bounds, ~0.3 ms; building and publishing the "
     "JointTrajectory, ~0.2 ms. The extra CPU per step is mostly the gripper command's publish "
     "(rclpy converts and publishes each message in ~0.2 ms of Python and C under the GIL) and "
-    "decoding the raw subscriptions in Python. On this 2-core VM the p99s are set by the "
-    "scheduling of the machine, not by the loop: the anchors miss them as well. SCHED_FIFO "
-    "(the env's `realtime_priority`, as ros2_control runs its control thread) takes away the "
-    "competition of the machine's other processes, not the host's: the VM stalls at times, the "
-    "driver's own joint states included."
+    "decoding the raw subscriptions in Python. The p99s depend on the machine's scheduling as "
+    "much as on the loop (compare the anchors'). SCHED_FIFO (the env's `realtime_priority`, as "
+    "ros2_control runs its control thread) takes away the competition of the machine's other "
+    "processes, not the host's: a VM stalls at times, the driver's own joint states included."
 )
 
 
