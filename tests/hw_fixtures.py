@@ -57,6 +57,8 @@ def closing() -> Iterator[Callable[[Any], Any]]:
 #: Seconds (five 100 Hz control periods) of a flight's timing that make it stalled by the
 #: machine rather than flown by the code under test (see :func:`machine_stalls`).
 STALL = 0.05
+#: Flights a test makes at most while the machine stalls them (see :func:`machine_stalls`).
+ATTEMPTS = 5
 
 
 def machine_stalls(stamps_ns: Any, obs_latency: Any) -> list[str]:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.hw_fixtures import (  # noqa: F401 - fixtures
+    ATTEMPTS,
     closing,
     machine_stalls,
     needs_rclpy,
@@ -36,7 +37,6 @@ X500_HOVER = 0.554965710288149  # motor setpoint carrying the x500's weight
 #: An x500 0.36 m from its target (world ENU), level, at rest, motors at hover.
 START = np.array([0.25, -0.2, 0.15, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, *[X500_HOVER] * 4])
 QUIET = {"position_noise": 0.0, "attitude_noise": 0.0, "velocity_noise": 0.0}
-ATTEMPTS = 5  # flights of a test whose loop stalled (see ``unstalled``)
 
 
 class Spy:

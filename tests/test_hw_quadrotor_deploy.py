@@ -8,7 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from tests.hw_fixtures import machine_stalls, needs_rclpy, ros_domain  # noqa: F401 - fixture
+from tests.hw_fixtures import (  # noqa: F401 - fixture
+    ATTEMPTS,
+    machine_stalls,
+    needs_rclpy,
+    ros_domain,
+)
 
 pytestmark = needs_rclpy
 
@@ -37,14 +42,14 @@ def deployment(request, tmp_path_factory):
     """One x500 episode (5 s, RAPTOR's initial-state distribution) on the stand-in in PX4's
     conventions, as the README's command runs it; the run folder and the interface.
 
-    Deployed again (at most three times) when the machine stalled the flight, as
+    Deployed again (at most ``ATTEMPTS`` times in all) when the machine stalled the flight, as
     ``tests.hw_fixtures.machine_stalls`` explains: late or stale observations, a loop stall or
     a watchdog abort (the report counts those safety events)."""
     import os
 
     if request.param == "px4":
         pytest.importorskip("px4_msgs", reason="px4_msgs is built by ./setup.sh")
-    for _ in range(3):
+    for _ in range(ATTEMPTS):
         run = tmp_path_factory.mktemp("quad") / "run"
         with pytest.MonkeyPatch.context() as env:
             # Like tests.hw_fixtures.ros_domain, for a module-scoped fixture.
@@ -75,7 +80,7 @@ def deployment(request, tmp_path_factory):
         ]
         if not stalls:
             return run, request.param
-    pytest.fail(f"the machine stalled each of 3 deployments: {stalls}")
+    pytest.fail(f"the machine stalled each of {ATTEMPTS} deployments: {stalls}")
 
 
 def test_deploy_records_the_flight(deployment):
