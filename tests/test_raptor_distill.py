@@ -158,16 +158,16 @@ def test_a_checkpoint_from_before_crash_replay_resumes(tmp_path):
     assert curves["student_survival"][2] == 1.0
 
 
-def test_crash_replay_trains_on_earlier_crashes(monkeypatch):
-    """From the second on-policy epoch on, the earlier epochs' crashed episodes are trained on
-    next to the new collection."""
+def train_on_epoch_batches(fleet, monkeypatch) -> list[tuple[int, int, float]]:
+    """Distil 3 epochs with crash replay (6), one batch per epoch; each epoch's training data
+    as (episodes, steps, labelled steps)."""
     import robolearn.algos.raptor.distill as distill_module
 
-    seen: list[int] = []
+    seen: list[tuple[int, int, float]] = []
     original = distill_module.imitation_loss
 
     def recording_loss(student, batch):
-        seen.append(len(batch.obs))
+        seen.append((len(batch.obs), batch.obs.shape[1], float(batch.mask.sum())))
         return original(student, batch)
 
     monkeypatch.setattr(distill_module, "imitation_loss", recording_loss)
@@ -176,11 +176,18 @@ def test_crash_replay_trains_on_earlier_crashes(monkeypatch):
         teacher_forcing_epochs=1,
         episodes_per_teacher=2,
         episode_steps=20,
-        batch_episodes=100,  # one batch per epoch: its size is the epoch's data
+        batch_episodes=100,  # one batch per epoch: its shape is the epoch's data
         crash_replay=6,
     )
-    distill(CrashingFleet(), ToyTeachers(), cfg, progress=False)
-    assert seen == [16, 16, 16 + 6]
+    distill(fleet, ToyTeachers(), cfg, progress=False)
+    return seen
+
+
+def test_crash_replay_trains_on_earlier_crashes(monkeypatch):
+    """From the second on-policy epoch on, the earlier epochs' crashed episodes are trained on
+    next to the new collection."""
+    seen = train_on_epoch_batches(CrashingFleet(), monkeypatch)
+    assert [episodes for episodes, _, _ in seen] == [16, 16, 16 + 6]
 
 
 class OnceAllCrashingFleet(CrashingFleet):
@@ -205,25 +212,7 @@ class OnceAllCrashingFleet(CrashingFleet):
 def test_a_collection_that_ends_early_does_not_shorten_later_training(monkeypatch):
     """Episodes are padded (masked) to the longest, not cut to the shortest: once every vehicle
     crashed in one collection, later epochs (and the crash replay) still train on 20 steps."""
-    import robolearn.algos.raptor.distill as distill_module
-
-    seen: list[tuple[int, int, float]] = []
-    original = distill_module.imitation_loss
-
-    def recording_loss(student, batch):
-        seen.append((len(batch.obs), batch.obs.shape[1], float(batch.mask.sum())))
-        return original(student, batch)
-
-    monkeypatch.setattr(distill_module, "imitation_loss", recording_loss)
-    cfg = DistillConfig(
-        epochs=3,
-        teacher_forcing_epochs=1,
-        episodes_per_teacher=2,
-        episode_steps=20,
-        batch_episodes=100,  # one batch per epoch: its shape is the epoch's data
-        crash_replay=6,
-    )
-    distill(OnceAllCrashingFleet(), ToyTeachers(), cfg, progress=False)
+    seen = train_on_epoch_batches(OnceAllCrashingFleet(), monkeypatch)
     # (episodes, steps, labelled steps). Epoch 0: 2 x 8 episodes, 4 of each crashed at step 5.
     # Epoch 1: all 8 of the first round crashed, 4 of the second. Epoch 2: 16 new episodes
     # and the 6 newest crashes replayed, still 20 steps long.
