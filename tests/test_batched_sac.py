@@ -100,3 +100,33 @@ def test_observation_scale_and_hover_bias_survive_export():
     torch.testing.assert_close(
         raw.act(obs, deterministic=True), agents.act(obs, deterministic=True)
     )
+
+
+def test_an_update_of_one_agent_ignores_the_other_agents_data():
+    """Agent 0's actor and both its critics (rows 0 and n of the twin network) come out of an
+    update the same whatever agent 1's batch holds; agent 1's do not."""
+    n, obs_dim, act_dim, batch_size = 2, 3, 2, 16
+    cfg = BatchedSACConfig(actor_hidden=(8,), critic_hidden=(8,), batch_size=batch_size)
+    torch.manual_seed(0)
+    batch = {
+        "obs": torch.randn(n, batch_size, obs_dim),
+        "action": torch.rand(n, batch_size, act_dim) * 2 - 1,
+        "reward": torch.randn(n, batch_size, 1),
+        "next_obs": torch.randn(n, batch_size, obs_dim),
+        "terminated": torch.zeros(n, batch_size, 1),
+    }
+    other = {k: v.clone() for k, v in batch.items()}
+    other["reward"][1] += 5.0
+    other["obs"][1] += 1.0
+    agents = BatchedSAC(n, obs_dim, act_dim, cfg)
+    copy = BatchedSAC(n, obs_dim, act_dim, cfg)
+    copy.load_state_dict(agents.state_dict())
+    for model, data in ((agents, batch), (copy, other)):
+        torch.manual_seed(1)  # the same exploration noise in both runs
+        for _ in range(3):
+            model.update(data, update_actor=True)
+    for name, mine, theirs in (("actor", [0], [1]), ("critics", [0, n], [1, n + 1])):
+        pairs = list(zip(getattr(agents, name).parameters(), getattr(copy, name).parameters()))
+        for p, q in pairs:
+            torch.testing.assert_close(p[mine], q[mine], rtol=0, atol=0)
+        assert any(not torch.equal(p[theirs], q[theirs]) for p, q in pairs), name

@@ -147,14 +147,12 @@ class BatchedSAC(nn.Module):
             self.bias_actor(initial_action)
         scale = torch.ones(n, obs_dim) if obs_scale is None else obs_scale.float().cpu()
         self.register_buffer("obs_scale", scale[:, None, :].clone())
-        self.q1 = BatchedMLP(n, obs_dim + act_dim, cfg.critic_hidden, 1)
-        self.q2 = BatchedMLP(n, obs_dim + act_dim, cfg.critic_hidden, 1)
-        self.q1_target = BatchedMLP(n, obs_dim + act_dim, cfg.critic_hidden, 1)
-        self.q2_target = BatchedMLP(n, obs_dim + act_dim, cfg.critic_hidden, 1)
-        self.q1_target.load_state_dict(self.q1.state_dict())
-        self.q2_target.load_state_dict(self.q2.state_dict())
-        self.q1_target.requires_grad_(False)
-        self.q2_target.requires_grad_(False)
+        # Both critics of every agent in one network of 2n rows: rows [0, n) are the agents'
+        # first critics, rows [n, 2n) their second ones; one batched matmul per layer serves both.
+        self.critics = BatchedMLP(2 * n, obs_dim + act_dim, cfg.critic_hidden, 1)
+        self.critics_target = BatchedMLP(2 * n, obs_dim + act_dim, cfg.critic_hidden, 1)
+        self.critics_target.load_state_dict(self.critics.state_dict())
+        self.critics_target.requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.full((n, 1, 1), float(cfg.initial_alpha)).log())
         self.target_entropy = (
             cfg.target_entropy if cfg.target_entropy is not None else -float(act_dim)
@@ -162,8 +160,7 @@ class BatchedSAC(nn.Module):
         # The fused kernel updates every tensor in one call instead of a Python loop over
         # them: ~20% less time per SAC update at these sizes on a CPU.
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, fused=True)
-        critic_params = [*self.q1.parameters(), *self.q2.parameters()]
-        self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critics.parameters(), lr=cfg.critic_lr, fused=True)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=True)
 
     @torch.no_grad()
@@ -209,6 +206,11 @@ class BatchedSAC(nn.Module):
             return torch.tanh(mean)[:, 0]
         return self.sample_action(obs[:, None])[0][:, 0]
 
+    def twin_q(self, critics: BatchedMLP, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both critics' values ``(N, B, 1)`` of every agent for inputs ``x`` (N, B, obs + act)."""
+        q = critics(x.repeat(2, 1, 1))
+        return q[: self.n], q[self.n :]
+
     def update(self, batch: dict[str, torch.Tensor], update_actor: bool) -> dict[str, float]:
         """One gradient step of every agent's critics (and actor and alpha if ``update_actor``)."""
         cfg = self.cfg
@@ -216,15 +218,16 @@ class BatchedSAC(nn.Module):
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
             next_action, next_log_prob = self.sample_action(batch["next_obs"])
-            next_in = torch.cat([batch["next_obs"], next_action], -1)
-            next_q = torch.min(self.q1_target(next_in), self.q2_target(next_in))
+            next_q = torch.min(
+                *self.twin_q(self.critics_target, torch.cat([batch["next_obs"], next_action], -1))
+            )
             # Bootstrap unless the episode really terminated (a time limit is not a terminal).
             target = batch["reward"] + cfg.gamma * (1.0 - batch["terminated"]) * (
                 next_q - alpha * next_log_prob
             )
-        q_in = torch.cat([batch["obs"], batch["action"]], -1)
+        q1, q2 = self.twin_q(self.critics, torch.cat([batch["obs"], batch["action"]], -1))
         # Mean over each agent's batch, sum over agents: every agent gets its own loss's gradient.
-        critic_loss = ((self.q1(q_in) - target) ** 2 + (self.q2(q_in) - target) ** 2).mean(1).sum()
+        critic_loss = ((q1 - target) ** 2 + (q2 - target) ** 2).mean(1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
@@ -232,8 +235,11 @@ class BatchedSAC(nn.Module):
 
         if update_actor:
             action, log_prob = self.sample_action(batch["obs"])
-            a_in = torch.cat([batch["obs"], action], -1)
-            q = torch.min(self.q1(a_in), self.q2(a_in))
+            # The actor's gradient flows through the critics' inputs only: frozen, they skip
+            # computing weight gradients that no optimizer step would use.
+            self.critics.requires_grad_(False)
+            q = torch.min(*self.twin_q(self.critics, torch.cat([batch["obs"], action], -1)))
+            self.critics.requires_grad_(True)
             actor_loss = (alpha * log_prob - q).mean(1).sum()
             self.actor_opt.zero_grad(set_to_none=True)
             actor_loss.backward()
@@ -248,9 +254,9 @@ class BatchedSAC(nn.Module):
             }
 
         with torch.no_grad():
-            for net, target_net in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
-                for p, p_target in zip(net.parameters(), target_net.parameters()):
-                    p_target.lerp_(p, cfg.tau)
+            torch._foreach_lerp_(
+                list(self.critics_target.parameters()), list(self.critics.parameters()), cfg.tau
+            )
         return metrics
 
 
