@@ -299,11 +299,16 @@ def test_raptor_pipeline_end_to_end_and_resume(tmp_path, capsys):
     ):
         assert (run / name).exists(), name
     assert "| held-out survival (%) |" in capsys.readouterr().out
+    stages = json.loads((run / "raptor_summary.json").read_text())["stage_wall_s"]
+    assert set(stages) == {"teachers", "selection", "distillation"}
+    assert all(seconds > 0 for seconds in stages.values())
     saved = OmegaConf.load(run / "config.yaml")  # algo=raptor brings its env along
     assert (saved.env.name, saved.env.id) == ("quadrotor", "robolearn/Quadrotor-v0")
     # A resumed run reuses the trained teachers instead of training them again.
     assert main(["train", f"resume={run}", *QUICK]) == 0
     assert "loading the 2 trained teachers" in capsys.readouterr().out
+    stages = json.loads((run / "raptor_summary.json").read_text())["stage_wall_s"]
+    assert set(stages) == {"distillation"}  # the teachers and their selection were loaded
 
 
 def test_diffusion_then_dsrl_steering_and_resume(demos, tmp_path):

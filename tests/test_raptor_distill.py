@@ -300,3 +300,37 @@ def test_more_passes_per_epoch_fit_the_same_data_better():
         return distill(ToyFleet(), ToyTeachers(), cfg, progress=False)[1]["loss"][-1]
 
     assert final_loss(4) < 0.7 * final_loss(1)
+
+
+class CountingFleet(ToyFleet):
+    """A ToyFleet that counts its episodes (resets)."""
+
+    resets = 0
+
+    def reset(self, mask=None):
+        self.resets += 1
+        return super().reset(mask)
+
+
+def test_flights_on_their_own_env_fly_alongside_and_resume_exactly(tmp_path):
+    """With a flight env, every epoch's student flies there (one episode per row), on a second
+    thread; the run still learns, and an interrupted one resumes exactly."""
+    cfg = toy_config(epochs=8, teacher_forcing_epochs=3)
+    flights = CountingFleet()
+    _, straight = distill(
+        ToyFleet(), ToyTeachers(), cfg, tmp_path / "a", progress=False, flight_env=flights
+    )
+    assert flights.resets == 8
+    assert straight["student_return"][-1] > straight["student_return"][0] + 5
+    distill(
+        ToyFleet(),
+        ToyTeachers(),
+        toy_config(epochs=5, teacher_forcing_epochs=3),
+        tmp_path / "b",
+        progress=False,
+        flight_env=ToyFleet(),
+    )
+    _, resumed = distill(
+        ToyFleet(), ToyTeachers(), cfg, tmp_path / "b", progress=False, flight_env=ToyFleet()
+    )
+    assert resumed == straight

@@ -7,8 +7,9 @@ infer the vehicle from its history. Read top to bottom:
   (behaviour cloning), afterwards the student flies and every state it visits is relabelled
   with that vehicle's teacher action (on-policy imitation, the dataset rebuilt each epoch);
 * ``distill`` alternates collection and training by backpropagation through whole episodes
-  (MSE on the teacher's action, masked after a crash), evaluates the student every epoch and
-  keeps the best one, checkpointing after every epoch so that an interrupted run resumes;
+  (MSE on the teacher's action, masked after a crash), flies the student every epoch (``fly``,
+  on a second thread when it has an env of its own) and keeps the best one, checkpointing
+  after every epoch so that an interrupted run resumes;
 * ``crash_replay`` (ours) keeps the student's crashed episodes of earlier epochs in the data:
   a crash is a state the student cannot yet recover from, the rarest and most useful data;
 * ``steady_state_offsets`` measures where each teacher really hovers: RAPTOR subtracts that
@@ -26,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -242,6 +244,58 @@ def _concat(parts: list[Rollouts]) -> Rollouts:
     )
 
 
+@torch.no_grad()
+def fly(env: DistillEnv, student: RaptorStudent, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One episode per env row flown by ``student`` as deployed (no position correction, no
+    labels); returns each row's return and whether it never crashed, ``(E,)`` each."""
+    obs = env.reset()
+    hidden = student.initial_state(env.num_envs)
+    alive = torch.ones(env.num_envs, dtype=torch.bool, device=obs.device)
+    returns = torch.zeros(env.num_envs, device=obs.device)
+    for _ in range(steps):
+        action, hidden = student.step(env.student_observation(), hidden)
+        _, reward, terminated, truncated = env.step(action)
+        returns += torch.where(alive, reward, torch.zeros_like(reward))
+        alive &= ~terminated
+        if not alive.any() or truncated.all():
+            break
+    return returns, alive
+
+
+class _Flight:
+    """The student's per-epoch flight, on a second thread when it has an env of its own.
+
+    At the sizes distillation runs at, a collection is mostly single-threaded (each op is too
+    small to split), so on a multi-core CPU the flight of epoch ``e``'s student and the
+    collection of epoch ``e + 1``'s data (on the other env) take the time of one.
+    """
+
+    def __init__(self, env: DistillEnv, steps: int, concurrent: bool) -> None:
+        self.env, self.steps = env, steps
+        self.pool = ThreadPoolExecutor(1) if concurrent else None
+        self.pending: Future | None = None
+        self.flown: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def start(self, student: RaptorStudent) -> None:
+        """Fly a copy of ``student`` (training may go on while it flies)."""
+        flyer = copy.deepcopy(student).eval()
+        if self.pool is None:
+            self.flown = fly(self.env, flyer, self.steps)
+        else:
+            self.pending = self.pool.submit(fly, self.env, flyer, self.steps)
+
+    def result(self) -> tuple[float, float]:
+        """Mean return and survival rate of the flight last started."""
+        if self.pending is not None:
+            self.flown, self.pending = self.pending.result(), None
+        returns, survived = self.flown
+        return returns.mean().item(), survived.float().mean().item()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
 def distill(
     env: DistillEnv,
     teachers: TeacherSet,
@@ -250,18 +304,24 @@ def distill(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    flight_env: DistillEnv | None = None,
 ) -> tuple[StudentPolicy, dict[str, list[float]]]:
     """Train a student from ``teachers``; return the best epoch's student and the curves.
 
     Each epoch collects ``cfg.episodes_per_teacher`` episodes of every vehicle, rounded up to a
     multiple of the env's rows per teacher. Curves: per epoch the imitation loss, the student's
-    mean return and survival rate flying every env row once (as deployed: no position
-    correction), and whether the data came from the teachers or the student. With ``run_dir``,
-    every epoch ends with a checkpoint there (``checkpoints/latest``: the current student plus
-    the training state) and a call with the same arguments resumes after the last finished
-    epoch.
+    mean return and survival rate flying every row of ``flight_env`` once (as deployed: no
+    position correction), and whether the data came from the teachers or the student.
+
+    ``flight_env`` (default: ``env``) is where those flights run; an env of their own lets each
+    fly on a second thread while the next epoch's data is collected on ``env``.
+
+    With ``run_dir``, every epoch ends with a checkpoint there (``checkpoints/latest``: the
+    current student plus the training state) and a call with the same arguments resumes after
+    the last finished epoch.
     """
     torch.manual_seed(seed)
+    flight_env = env if flight_env is None else flight_env
     student = RaptorStudent().to(device)
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -280,6 +340,8 @@ def distill(
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
+        # The flight env's generator first: it is env's own when the flights run on env.
+        flight_env.generator.set_state(state.get("flight_env_generator", state["env_generator"]))
         env.generator.set_state(state["env_generator"])
         curves, best_return, best_state = state["curves"], state["best_return"], state["best"]
         offset = state["position_offset"]
@@ -293,21 +355,24 @@ def distill(
     if crashes is not None:
         crashes = crashes.to(device)
     rounds = math.ceil(cfg.episodes_per_teacher / rows_per_teacher(env, teachers))
+
+    def gather(epoch: int) -> Rollouts:
+        """Epoch ``epoch``'s data, flown by the teachers or (on-policy) by the student now."""
+        flyer = student if epoch >= cfg.teacher_forcing_epochs else None
+        student.eval()
+        parts = [collect(env, teachers, flyer, cfg.episode_steps, offset) for _ in range(rounds)]
+        return _concat(parts)
+
     first_epoch = len(curves["loss"])
     log = MetricLog(run_dir) if run_dir is not None else None
     if log is not None:
         log.truncate_after(first_epoch)
+    flight = _Flight(flight_env, cfg.episode_steps, concurrent=flight_env is not env)
     bar = progress_bar(cfg.epochs, "distill", progress)
     bar.update(first_epoch)
+    data = gather(first_epoch) if first_epoch < cfg.epochs else None
     for epoch in range(first_epoch, cfg.epochs):
         on_policy = epoch >= cfg.teacher_forcing_epochs
-        student.eval()
-        data = _concat(
-            [
-                collect(env, teachers, student if on_policy else None, cfg.episode_steps, offset)
-                for _ in range(rounds)
-            ]
-        )
         if on_policy and cfg.crash_replay:
             earlier = crashes
             parts = [data[~data.survived]] + ([] if earlier is None else [earlier])
@@ -327,12 +392,16 @@ def distill(
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
-        student.eval()
-        flight = collect(env, teachers, student, cfg.episode_steps)
-        flown = flight.returns.mean().item()
+        # The flight of this epoch's student first (or alongside, on its own env), then the
+        # next epoch's data; the checkpoint keeps env's generator from between the two, so a
+        # resumed run collects that data again exactly.
+        flight.start(student)
+        env_state = env.generator.get_state()
+        data = gather(epoch + 1) if epoch + 1 < cfg.epochs else None
+        flown, survival = flight.result()
         curves["loss"].append(sum(losses) / len(losses))
         curves["student_return"].append(flown)
-        curves["student_survival"].append(flight.survived.float().mean().item())
+        curves["student_survival"].append(survival)
         curves["on_policy"].append(float(on_policy))
         if log is not None:
             log.log(
@@ -347,7 +416,8 @@ def distill(
                     "student": student.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state(),
-                    "env_generator": env.generator.get_state(),
+                    "env_generator": env_state,
+                    "flight_env_generator": flight_env.generator.get_state(),
                     "curves": curves,
                     "best_return": best_return,
                     "best": best_state,
@@ -358,6 +428,7 @@ def distill(
         bar.set_postfix(loss=f"{curves['loss'][-1]:.4f}", ret=f"{flown:.1f}", refresh=False)
         bar.update(1)
     bar.close()
+    flight.close()
     if log is not None:
         log.close()
     student.load_state_dict(best_state)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,13 @@ def train_raptor(
     Writes ``teachers/`` (all teacher actors), ``teacher_selection.json`` (every teacher's
     evaluation return and the distilled ones), ``policy/`` (the student checkpoint),
     ``export/raptor_student.py`` and ``export/raptor_student.h``, ``distill.png`` and
-    ``raptor_summary.json``.
+    ``raptor_summary.json`` (with ``stage_wall_s``: the seconds each stage took in this call;
+    a stage done by an earlier call of a resumed run is absent, one resumed is counted from
+    the resumption).
     """
     run_dir = Path(run_dir)
+    stage_wall_s: dict[str, float] = {}
+    clock = time.perf_counter()
     params = sample_vehicles(cfg.teachers, cfg.vehicle_seed)
     teachers_dir = run_dir / "teachers"
     if (teachers_dir / "policy.json").exists():
@@ -112,23 +117,35 @@ def train_raptor(
                 run_dir=run_dir / "teacher_training",
             )
         teachers.save(teachers_dir)
+        stage_wall_s["teachers"] = time.perf_counter() - clock
     teacher_returns = teachers.train_returns or []
 
+    selection_path = run_dir / "teacher_selection.json"
+    selected_before, clock = selection_path.exists(), time.perf_counter()
     selection = select_teachers(
-        teachers, params, cfg, env_factory, run_dir / "teacher_selection.json", seed, device, say
+        teachers, params, cfg, env_factory, selection_path, seed, device, say
     )
+    if not selected_before:
+        stage_wall_s["selection"] = time.perf_counter() - clock
     kept = selection["distilled"]
     say(f"distillation: {cfg.distill.epochs} epochs over {len(kept)} vehicles")
     side_by_side = min(cfg.distill.episodes_per_teacher, SIDE_BY_SIDE)
-    env = env_factory(repeat_vehicles(params.select(kept), side_by_side), seed + 1, device)
+    rows = repeat_vehicles(params.select(kept), side_by_side)
+    clock = time.perf_counter()
     student, curves = distill(
-        env,
+        env_factory(rows, seed + 1, device),
         teachers.select(kept),
         cfg.distill,
         run_dir / "distill_training",
         seed,
         device,
         progress,
+        flight_env=env_factory(rows, seed + 3, device),
+    )
+    stage_wall_s["distillation"] = time.perf_counter() - clock
+    say(
+        "wall time of the stages run now: "
+        + ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in stage_wall_s.items())
     )
     policy_dir = student.save(run_dir / "policy")
     (run_dir / "export").mkdir(parents=True, exist_ok=True)
@@ -152,6 +169,7 @@ def train_raptor(
         "best_student_return": max(curves["student_return"]),
         "final_imitation_loss": curves["loss"][-1],
         "policy": str(policy_dir),
+        "stage_wall_s": stage_wall_s,
     }
     (run_dir / "raptor_summary.json").write_text(json.dumps(summary, indent=2))
     return student, summary
