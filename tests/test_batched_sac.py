@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import torch
 
-from robolearn.algos.batched_sac import BatchedSAC, BatchedSACConfig
+from robolearn.algos.batched_sac import BatchedSAC, BatchedSACConfig, merge_twin_critics
 from robolearn.algos.raptor.teachers import TeacherConfig, Teachers, train_teachers
 from robolearn.nets.batched import BatchedLinear
 
@@ -130,3 +132,57 @@ def test_an_update_of_one_agent_ignores_the_other_agents_data():
         for p, q in pairs:
             torch.testing.assert_close(p[mine], q[mine], rtol=0, atol=0)
         assert any(not torch.equal(p[theirs], q[theirs]) for p, q in pairs), name
+    torch.testing.assert_close(agents.log_alpha[0], copy.log_alpha[0], rtol=0, atol=0)
+    # The critics, frozen for the actor's loss, are trainable again after the update.
+    assert all(p.requires_grad for p in agents.critics.parameters())
+
+
+def test_a_checkpoint_with_separate_critics_loads_into_the_twin_network():
+    """Checkpoints from before the twin critics shared one network (q1, q2 and their targets,
+    a critic optimizer over q1's then q2's parameters) resume into the same agents."""
+    n, obs_dim, act_dim = 3, 4, 2
+    cfg = BatchedSACConfig(actor_hidden=(8,), critic_hidden=(8, 8), batch_size=16)
+    torch.manual_seed(0)
+    batch = {
+        "obs": torch.randn(n, 16, obs_dim),
+        "action": torch.rand(n, 16, act_dim) * 2 - 1,
+        "reward": torch.randn(n, 16, 1),
+        "next_obs": torch.randn(n, 16, obs_dim),
+        "terminated": torch.zeros(n, 16, 1),
+    }
+    agents = BatchedSAC(n, obs_dim, act_dim, cfg)
+    agents.update(batch, update_actor=True)  # Adam moments exist
+    # The old layout: each twin network is one half of the agent dimension.
+    old = {k: v for k, v in agents.state_dict().items() if not k.startswith("critics")}
+    for name, tensor in agents.state_dict().items():
+        for net, old_name in (("critics_target.", "q{}_target."), ("critics.", "q{}.")):
+            if name.startswith(net):
+                for twin, half in enumerate((tensor[:n], tensor[n:]), start=1):
+                    old[old_name.format(twin) + name[len(net) :]] = half
+                break
+    new_opt = agents.critic_opt.state_dict()
+    layers = len(new_opt["param_groups"][0]["params"])
+    old_opt = {
+        "state": {
+            j + twin * layers: {
+                k: v if k == "step" else v[twin * n : (twin + 1) * n] for k, v in s.items()
+            }
+            for j, s in new_opt["state"].items()
+            for twin in (0, 1)
+        },
+        "param_groups": [g | {"params": list(range(2 * layers))} for g in new_opt["param_groups"]],
+    }
+
+    # Deep copies, as a checkpoint read from disk: optimizers load state tensors by reference.
+    weights, opt_state = merge_twin_critics(*deepcopy((old, old_opt)))
+    restored = BatchedSAC(n, obs_dim, act_dim, cfg)
+    restored.load_state_dict(weights)
+    restored.critic_opt.load_state_dict(opt_state)
+    restored.actor_opt.load_state_dict(deepcopy(agents.actor_opt.state_dict()))
+    restored.alpha_opt.load_state_dict(deepcopy(agents.alpha_opt.state_dict()))
+    for model in (agents, restored):
+        torch.manual_seed(1)
+        model.update(batch, update_actor=True)
+    for p, q in zip(agents.state_dict().values(), restored.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert merge_twin_critics(weights, opt_state) == (weights, opt_state)  # today's: unchanged

@@ -6,10 +6,20 @@ teacher tests.)
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
-from robolearn.algos.raptor.distill import DistillConfig, collect, distill, steady_state_offsets
+from robolearn.algos.raptor.distill import (
+    DistillConfig,
+    Rollouts,
+    collect,
+    distill,
+    imitation_gradients,
+    imitation_loss,
+    steady_state_offsets,
+)
 from robolearn.algos.raptor.student import RaptorStudent
 
 
@@ -166,9 +176,9 @@ def train_on_epoch_batches(fleet, monkeypatch) -> list[tuple[int, int, float]]:
     seen: list[tuple[int, int, float]] = []
     original = distill_module.imitation_loss
 
-    def recording_loss(student, batch):
+    def recording_loss(student, batch, *args):
         seen.append((len(batch.obs), batch.obs.shape[1], float(batch.mask.sum())))
-        return original(student, batch)
+        return original(student, batch, *args)
 
     monkeypatch.setattr(distill_module, "imitation_loss", recording_loss)
     cfg = DistillConfig(
@@ -303,24 +313,27 @@ def test_more_passes_per_epoch_fit_the_same_data_better():
 
 
 class CountingFleet(ToyFleet):
-    """A ToyFleet that counts its episodes (resets)."""
+    """A ToyFleet that records the thread of each of its episodes (resets)."""
 
-    resets = 0
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
 
     def reset(self, mask=None):
-        self.resets += 1
+        self.threads.append(threading.current_thread().name)
         return super().reset(mask)
 
 
 def test_flights_on_their_own_env_fly_alongside_and_resume_exactly(tmp_path):
     """With a flight env, every epoch's student flies there (one episode per row), on a second
-    thread; the run still learns, and an interrupted one resumes exactly."""
+    thread; with training batches split over two threads too, the run still learns, and an
+    interrupted one resumes exactly."""
     cfg = toy_config(epochs=8, teacher_forcing_epochs=3)
     flights = CountingFleet()
-    _, straight = distill(
-        ToyFleet(), ToyTeachers(), cfg, tmp_path / "a", progress=False, flight_env=flights
-    )
-    assert flights.resets == 8
+    threads = {"flight_env": flights, "train_threads": 2}
+    _, straight = distill(ToyFleet(), ToyTeachers(), cfg, tmp_path / "a", progress=False, **threads)
+    assert len(flights.threads) == 8
+    assert threading.main_thread().name not in flights.threads
     assert straight["student_return"][-1] > straight["student_return"][0] + 5
     distill(
         ToyFleet(),
@@ -329,8 +342,31 @@ def test_flights_on_their_own_env_fly_alongside_and_resume_exactly(tmp_path):
         tmp_path / "b",
         progress=False,
         flight_env=ToyFleet(),
+        train_threads=2,
     )
-    _, resumed = distill(
-        ToyFleet(), ToyTeachers(), cfg, tmp_path / "b", progress=False, flight_env=ToyFleet()
-    )
+    threads["flight_env"] = ToyFleet()
+    _, resumed = distill(ToyFleet(), ToyTeachers(), cfg, tmp_path / "b", progress=False, **threads)
     assert resumed == straight
+
+
+def test_a_batch_split_over_threads_has_the_whole_batch_gradient():
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    student = RaptorStudent()
+    batch = Rollouts(
+        torch.randn(7, 30, 22),
+        torch.randn(7, 30, 4),
+        (torch.rand(7, 30) > 0.3).float(),
+        torch.zeros(7),
+        torch.ones(7, dtype=torch.bool),
+    )
+    imitation_loss(student, batch).backward()
+    whole = [p.grad for p in student.parameters()]
+    loss, alone = imitation_gradients(student, batch)
+    with ThreadPoolExecutor(2) as pool:
+        split_loss, split = imitation_gradients(student, batch, parts=3, pool=pool)
+    assert split_loss == pytest.approx(loss, rel=1e-6)
+    for reference, a, b in zip(whole, alone, split):
+        torch.testing.assert_close(a, reference)
+        torch.testing.assert_close(b, reference, rtol=1e-5, atol=1e-7)

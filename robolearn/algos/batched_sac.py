@@ -238,8 +238,10 @@ class BatchedSAC(nn.Module):
             # The actor's gradient flows through the critics' inputs only: frozen, they skip
             # computing weight gradients that no optimizer step would use.
             self.critics.requires_grad_(False)
-            q = torch.min(*self.twin_q(self.critics, torch.cat([batch["obs"], action], -1)))
-            self.critics.requires_grad_(True)
+            try:
+                q = torch.min(*self.twin_q(self.critics, torch.cat([batch["obs"], action], -1)))
+            finally:
+                self.critics.requires_grad_(True)
             actor_loss = (alpha * log_prob - q).mean(1).sum()
             self.actor_opt.zero_grad(set_to_none=True)
             actor_loss.backward()
@@ -258,6 +260,35 @@ class BatchedSAC(nn.Module):
                 list(self.critics_target.parameters()), list(self.critics.parameters()), cfg.tau
             )
         return metrics
+
+
+def merge_twin_critics(
+    agents_state: dict[str, torch.Tensor], critic_opt_state: dict
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """A checkpoint from before the twin critics shared one network, in today's layout.
+
+    Such checkpoints hold ``q1``, ``q2``, ``q1_target`` and ``q2_target`` networks and a critic
+    optimizer over q1's then q2's parameters; each layer becomes the concatenation of the two
+    along the agent dimension, as do Adam's moments. Other checkpoints are returned unchanged.
+    """
+    if not any(name.startswith("q1.") for name in agents_state):
+        return agents_state, critic_opt_state
+    merged = {k: v for k, v in agents_state.items() if not k.startswith(("q1", "q2"))}
+    for old, new in (("q1.", "critics."), ("q1_target.", "critics_target.")):
+        for name, tensor in agents_state.items():
+            if name.startswith(old):
+                twin = agents_state[old.replace("q1", "q2") + name[len(old) :]]
+                merged[new + name[len(old) :]] = torch.cat([tensor, twin])
+    layers = len(critic_opt_state["param_groups"][0]["params"]) // 2
+    state = {}
+    for j in range(layers):
+        first, second = critic_opt_state["state"].get(j), critic_opt_state["state"].get(j + layers)
+        if first is not None:
+            state[j] = {
+                k: v if k == "step" else torch.cat([v, second[k]]) for k, v in first.items()
+            }
+    groups = [g | {"params": list(range(layers))} for g in critic_opt_state["param_groups"]]
+    return merged, {"state": state, "param_groups": groups}
 
 
 def update_due(cfg: BatchedSACConfig, step: int, replay_size: int) -> bool:

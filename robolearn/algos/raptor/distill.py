@@ -220,11 +220,51 @@ def rows_per_teacher(env: DistillEnv, teachers: TeacherSet) -> int:
     return env.num_envs // teachers.num_teachers
 
 
-def imitation_loss(student: RaptorStudent, batch: Rollouts) -> torch.Tensor:
-    """Masked MSE between the student's raw actions and the teacher labels, through time."""
+def imitation_loss(
+    student: RaptorStudent, batch: Rollouts, labelled_steps: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Masked MSE between the student's raw actions and the teacher labels, through time.
+
+    ``labelled_steps`` (default: the batch's own) is the count the squared errors are divided
+    by: a part of a batch given the whole batch's count contributes its share of the whole
+    batch's loss.
+    """
     actions, _ = student(batch.obs)
     error = ((actions - batch.labels) ** 2).mean(-1)
-    return (error * batch.mask).sum() / batch.mask.sum().clamp(min=1.0)
+    if labelled_steps is None:
+        labelled_steps = batch.mask.sum().clamp(min=1.0)
+    return (error * batch.mask).sum() / labelled_steps
+
+
+def imitation_gradients(
+    student: RaptorStudent,
+    batch: Rollouts,
+    parts: int = 1,
+    pool: ThreadPoolExecutor | None = None,
+) -> tuple[float, list[torch.Tensor]]:
+    """The imitation loss of ``batch`` and its gradient for each of the student's parameters.
+
+    With ``parts > 1``, the episodes are split into that many parts, all but the last run on
+    ``pool``'s threads (it needs ``parts - 1`` of them), and the parts' gradients are summed.
+    BPTT through a 16-unit GRU is a long chain of ops too small for torch to spread over cores,
+    and the GRU releases the GIL while it runs, so on a multi-core CPU the parts run side by
+    side.
+    """
+    params = list(student.parameters())
+    labelled_steps = batch.mask.sum().clamp(min=1.0)
+
+    def part(rows: Rollouts) -> tuple[float, tuple[torch.Tensor, ...]]:
+        loss = imitation_loss(student, rows, labelled_steps)
+        return loss.item(), torch.autograd.grad(loss, params)
+
+    if parts == 1:
+        loss, grads = part(batch)
+        return loss, list(grads)
+    index = torch.arange(len(batch.obs), device=batch.obs.device)
+    *others, last = [batch[i] for i in index.tensor_split(parts)]
+    futures = [pool.submit(part, rows) for rows in others]
+    results = [part(last)] + [f.result() for f in futures]
+    return sum(loss for loss, _ in results), [sum(g) for g in zip(*(g for _, g in results))]
 
 
 def _concat(parts: list[Rollouts]) -> Rollouts:
@@ -265,23 +305,25 @@ def fly(env: DistillEnv, student: RaptorStudent, steps: int) -> tuple[torch.Tens
 class _Flight:
     """The student's per-epoch flight, on a second thread when it has an env of its own.
 
-    At the sizes distillation runs at, a collection is mostly single-threaded (each op is too
-    small to split), so on a multi-core CPU the flight of epoch ``e``'s student and the
-    collection of epoch ``e + 1``'s data (on the other env) take the time of one.
+    A collection is mostly Python stepping small tensor ops, which leave a second core idle, so
+    the flight of epoch ``e``'s student and the collection of epoch ``e + 1``'s data (on the
+    other env) overlap: a full-scale epoch (972 vehicles x 10 rows) took 23-31 s instead of
+    37-46 s on 2 cores (BENCHMARKS.md, raptor-shared-teacher).
     """
 
     def __init__(self, env: DistillEnv, steps: int, concurrent: bool) -> None:
-        self.env, self.steps = env, steps
+        self.env, self.steps, self.concurrent = env, steps, concurrent
         self.pool = ThreadPoolExecutor(1) if concurrent else None
         self.pending: Future | None = None
         self.flown: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def start(self, student: RaptorStudent) -> None:
-        """Fly a copy of ``student`` (training may go on while it flies)."""
-        flyer = copy.deepcopy(student).eval()
+        """Fly ``student`` now, or a copy of it on the second thread (the next collection
+        reads the student meanwhile)."""
         if self.pool is None:
-            self.flown = fly(self.env, flyer, self.steps)
+            self.flown = fly(self.env, student.eval(), self.steps)
         else:
+            flyer = copy.deepcopy(student).eval()
             self.pending = self.pool.submit(fly, self.env, flyer, self.steps)
 
     def result(self) -> tuple[float, float]:
@@ -292,8 +334,9 @@ class _Flight:
         return returns.mean().item(), survived.float().mean().item()
 
     def close(self) -> None:
+        """Stop the thread; a flight still pending (an epoch cut short) is dropped."""
         if self.pool is not None:
-            self.pool.shutdown()
+            self.pool.shutdown(cancel_futures=True)
 
 
 def distill(
@@ -305,6 +348,7 @@ def distill(
     device: str = "cpu",
     progress: bool = True,
     flight_env: DistillEnv | None = None,
+    train_threads: int = 1,
 ) -> tuple[StudentPolicy, dict[str, list[float]]]:
     """Train a student from ``teachers``; return the best epoch's student and the curves.
 
@@ -315,11 +359,15 @@ def distill(
 
     ``flight_env`` (default: ``env``) is where those flights run; an env of their own lets each
     fly on a second thread while the next epoch's data is collected on ``env``.
+    ``train_threads`` > 1 splits every training batch's episodes over that many threads
+    (:func:`imitation_gradients`; on a CPU with that many cores).
 
     With ``run_dir``, every epoch ends with a checkpoint there (``checkpoints/latest``: the
     current student plus the training state) and a call with the same arguments resumes after
     the last finished epoch.
     """
+    if not isinstance(train_threads, int) or train_threads < 1:
+        raise ValueError(f"train_threads={train_threads!r}: must be an integer >= 1")
     torch.manual_seed(seed)
     flight_env = env if flight_env is None else flight_env
     student = RaptorStudent().to(device)
@@ -340,8 +388,10 @@ def distill(
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        # The flight env's generator first: it is env's own when the flights run on env.
-        flight_env.generator.set_state(state.get("flight_env_generator", state["env_generator"]))
+        # Checkpoints from before flights had an env of their own have no flight generator: the
+        # flight env then keeps its own seed. (With flights on env, env's state is set last.)
+        if "flight_env_generator" in state:
+            flight_env.generator.set_state(state["flight_env_generator"])
         env.generator.set_state(state["env_generator"])
         curves, best_return, best_state = state["curves"], state["best_return"], state["best"]
         offset = state["position_offset"]
@@ -367,42 +417,21 @@ def distill(
     log = MetricLog(run_dir) if run_dir is not None else None
     if log is not None:
         log.truncate_after(first_epoch)
+
     flight = _Flight(flight_env, cfg.episode_steps, concurrent=flight_env is not env)
+    train_pool = ThreadPoolExecutor(train_threads - 1) if train_threads > 1 else None
     bar = progress_bar(cfg.epochs, "distill", progress)
     bar.update(first_epoch)
-    data = gather(first_epoch) if first_epoch < cfg.epochs else None
-    for epoch in range(first_epoch, cfg.epochs):
-        on_policy = epoch >= cfg.teacher_forcing_epochs
-        if on_policy and cfg.crash_replay:
-            earlier = crashes
-            parts = [data[~data.survived]] + ([] if earlier is None else [earlier])
-            crashes = _concat(parts)[: cfg.crash_replay]
-            if earlier is not None:
-                data = _concat([data, earlier])
-        student.train()
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr_at(epoch)
-        losses = []
-        for _ in range(cfg.passes):
-            order = torch.randperm(len(data.obs), generator=generator)
-            for start in range(0, len(order), cfg.batch_episodes):
-                i = order[start : start + cfg.batch_episodes].to(data.obs.device)
-                loss = imitation_loss(student, data[i])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-        # The flight of this epoch's student first (or alongside, on its own env), then the
-        # next epoch's data; the checkpoint keeps env's generator from between the two, so a
-        # resumed run collects that data again exactly.
-        flight.start(student)
-        env_state = env.generator.get_state()
-        data = gather(epoch + 1) if epoch + 1 < cfg.epochs else None
+
+    def end_epoch(epoch: int, losses: list[float], env_state: torch.Tensor) -> None:
+        """Record epoch ``epoch``'s curves and best student, and checkpoint it with env's
+        generator as it was before the next epoch's collection (``env_state``)."""
+        nonlocal best_return, best_state
         flown, survival = flight.result()
         curves["loss"].append(sum(losses) / len(losses))
         curves["student_return"].append(flown)
         curves["student_survival"].append(survival)
-        curves["on_policy"].append(float(on_policy))
+        curves["on_policy"].append(float(epoch >= cfg.teacher_forcing_epochs))
         if log is not None:
             log.log(
                 epoch + 1, **{f"distill/{k}": curves[k][-1] for k in curves if k != "on_policy"}
@@ -427,9 +456,46 @@ def distill(
             )
         bar.set_postfix(loss=f"{curves['loss'][-1]:.4f}", ret=f"{flown:.1f}", refresh=False)
         bar.update(1)
-    bar.close()
-    flight.close()
-    if log is not None:
-        log.close()
+
+    try:
+        data = gather(first_epoch) if first_epoch < cfg.epochs else None
+        for epoch in range(first_epoch, cfg.epochs):
+            if epoch >= cfg.teacher_forcing_epochs and cfg.crash_replay:
+                earlier = crashes
+                parts = [data[~data.survived]] + ([] if earlier is None else [earlier])
+                crashes = _concat(parts)[: cfg.crash_replay]
+                if earlier is not None:
+                    data = _concat([data, earlier])
+            student.train()
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr_at(epoch)
+            losses = []
+            for _ in range(cfg.passes):
+                order = torch.randperm(len(data.obs), generator=generator)
+                for start in range(0, len(order), cfg.batch_episodes):
+                    i = order[start : start + cfg.batch_episodes].to(data.obs.device)
+                    loss, grads = imitation_gradients(student, data[i], train_threads, train_pool)
+                    for parameter, grad in zip(student.parameters(), grads):
+                        parameter.grad = grad
+                    optimizer.step()
+                    losses.append(loss)
+            # The student's flight, then the next epoch's data (on a flight env of its own,
+            # the two side by side, and the epoch ends after both).
+            flight.start(student)
+            env_state = env.generator.get_state()
+            more = epoch + 1 < cfg.epochs
+            if flight.concurrent:
+                data = gather(epoch + 1) if more else None
+                end_epoch(epoch, losses, env_state)
+            else:
+                end_epoch(epoch, losses, env_state)
+                data = gather(epoch + 1) if more else None
+    finally:
+        flight.close()
+        if train_pool is not None:
+            train_pool.shutdown()
+        bar.close()
+        if log is not None:
+            log.close()
     student.load_state_dict(best_state)
     return StudentPolicy(student.cpu()), curves

@@ -80,9 +80,9 @@ def train_raptor(
     Writes ``teachers/`` (all teacher actors), ``teacher_selection.json`` (every teacher's
     evaluation return and the distilled ones), ``policy/`` (the student checkpoint),
     ``export/raptor_student.py`` and ``export/raptor_student.h``, ``distill.png`` and
-    ``raptor_summary.json`` (with ``stage_wall_s``: the seconds each stage took in this call;
-    a stage done by an earlier call of a resumed run is absent, one resumed is counted from
-    the resumption).
+    ``raptor_summary.json`` (with ``stage_wall_s``, the seconds each stage ran in this call:
+    teachers and a selection loaded from an earlier call are absent; the distillation, which
+    resumes from its checkpoint, is counted from the resumption).
     """
     run_dir = Path(run_dir)
     stage_wall_s: dict[str, float] = {}
@@ -141,6 +141,7 @@ def train_raptor(
         device,
         progress,
         flight_env=env_factory(rows, seed + 3, device),
+        train_threads=torch.get_num_threads() if device == "cpu" else 1,
     )
     stage_wall_s["distillation"] = time.perf_counter() - clock
     say(

@@ -32,6 +32,7 @@ from robolearn.algos.batched_sac import (
     BatchedSACConfig,
     BatchedTorchEnv,
     actor_due,
+    merge_twin_critics,
     update_due,
 )
 from robolearn.nets.batched import BatchedMLP
@@ -688,8 +689,12 @@ def _restore(
     state: dict[str, Any], agents: BatchedSAC, replay: BatchedReplay, sampler: torch.Generator
 ) -> int:
     """Load ``state`` (from :func:`_train_state`) into the fresh objects; return its step."""
-    agents.load_state_dict(state["agents"])
-    for name, opt_state in state["optimizers"].items():
+    optimizers = dict(state["optimizers"])
+    weights, optimizers["critic_opt"] = merge_twin_critics(
+        state["agents"], optimizers["critic_opt"]
+    )
+    agents.load_state_dict(weights)
+    for name, opt_state in optimizers.items():
         getattr(agents, name).load_state_dict(opt_state)
     saved = state["replay"]
     if saved is None:  # a shared teacher's: refilled by the resumed run
