@@ -11,15 +11,7 @@ import threading
 import pytest
 import torch
 
-from robolearn.algos.raptor.distill import (
-    DistillConfig,
-    Rollouts,
-    collect,
-    distill,
-    imitation_gradients,
-    imitation_loss,
-    steady_state_offsets,
-)
+from robolearn.algos.raptor.distill import DistillConfig, collect, distill, steady_state_offsets
 from robolearn.algos.raptor.student import RaptorStudent
 
 
@@ -176,9 +168,9 @@ def train_on_epoch_batches(fleet, monkeypatch) -> list[tuple[int, int, float]]:
     seen: list[tuple[int, int, float]] = []
     original = distill_module.imitation_loss
 
-    def recording_loss(student, batch, *args):
+    def recording_loss(student, batch):
         seen.append((len(batch.obs), batch.obs.shape[1], float(batch.mask.sum())))
-        return original(student, batch, *args)
+        return original(student, batch)
 
     monkeypatch.setattr(distill_module, "imitation_loss", recording_loss)
     cfg = DistillConfig(
@@ -326,11 +318,10 @@ class CountingFleet(ToyFleet):
 
 def test_flights_on_their_own_env_fly_alongside_and_resume_exactly(tmp_path):
     """With a flight env, every epoch's student flies there (one episode per row), on a second
-    thread; with training batches split over two threads too, the run still learns, and an
-    interrupted one resumes exactly."""
+    thread; the run still learns, and an interrupted one resumes exactly."""
     cfg = toy_config(epochs=8, teacher_forcing_epochs=3)
     flights = CountingFleet()
-    threads = {"flight_env": flights, "train_threads": 2}
+    threads = {"flight_env": flights}
     _, straight = distill(ToyFleet(), ToyTeachers(), cfg, tmp_path / "a", progress=False, **threads)
     assert len(flights.threads) == 8
     assert threading.main_thread().name not in flights.threads
@@ -342,31 +333,7 @@ def test_flights_on_their_own_env_fly_alongside_and_resume_exactly(tmp_path):
         tmp_path / "b",
         progress=False,
         flight_env=ToyFleet(),
-        train_threads=2,
     )
     threads["flight_env"] = ToyFleet()
     _, resumed = distill(ToyFleet(), ToyTeachers(), cfg, tmp_path / "b", progress=False, **threads)
     assert resumed == straight
-
-
-def test_a_batch_split_over_threads_has_the_whole_batch_gradient():
-    from concurrent.futures import ThreadPoolExecutor
-
-    torch.manual_seed(0)
-    student = RaptorStudent()
-    batch = Rollouts(
-        torch.randn(7, 30, 22),
-        torch.randn(7, 30, 4),
-        (torch.rand(7, 30) > 0.3).float(),
-        torch.zeros(7),
-        torch.ones(7, dtype=torch.bool),
-    )
-    imitation_loss(student, batch).backward()
-    whole = [p.grad for p in student.parameters()]
-    loss, alone = imitation_gradients(student, batch)
-    with ThreadPoolExecutor(2) as pool:
-        split_loss, split = imitation_gradients(student, batch, parts=3, pool=pool)
-    assert split_loss == pytest.approx(loss, rel=1e-6)
-    for reference, a, b in zip(whole, alone, split):
-        torch.testing.assert_close(a, reference)
-        torch.testing.assert_close(b, reference, rtol=1e-5, atol=1e-7)

@@ -220,51 +220,11 @@ def rows_per_teacher(env: DistillEnv, teachers: TeacherSet) -> int:
     return env.num_envs // teachers.num_teachers
 
 
-def imitation_loss(
-    student: RaptorStudent, batch: Rollouts, labelled_steps: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Masked MSE between the student's raw actions and the teacher labels, through time.
-
-    ``labelled_steps`` (default: the batch's own) is the count the squared errors are divided
-    by: a part of a batch given the whole batch's count contributes its share of the whole
-    batch's loss.
-    """
+def imitation_loss(student: RaptorStudent, batch: Rollouts) -> torch.Tensor:
+    """Masked MSE between the student's raw actions and the teacher labels, through time."""
     actions, _ = student(batch.obs)
     error = ((actions - batch.labels) ** 2).mean(-1)
-    if labelled_steps is None:
-        labelled_steps = batch.mask.sum().clamp(min=1.0)
-    return (error * batch.mask).sum() / labelled_steps
-
-
-def imitation_gradients(
-    student: RaptorStudent,
-    batch: Rollouts,
-    parts: int = 1,
-    pool: ThreadPoolExecutor | None = None,
-) -> tuple[float, list[torch.Tensor]]:
-    """The imitation loss of ``batch`` and its gradient for each of the student's parameters.
-
-    With ``parts > 1``, the episodes are split into that many parts, all but the last run on
-    ``pool``'s threads (it needs ``parts - 1`` of them), and the parts' gradients are summed.
-    BPTT through a 16-unit GRU is a long chain of ops too small for torch to spread over cores,
-    and the GRU releases the GIL while it runs, so on a multi-core CPU the parts run side by
-    side.
-    """
-    params = list(student.parameters())
-    labelled_steps = batch.mask.sum().clamp(min=1.0)
-
-    def part(rows: Rollouts) -> tuple[float, tuple[torch.Tensor, ...]]:
-        loss = imitation_loss(student, rows, labelled_steps)
-        return loss.item(), torch.autograd.grad(loss, params)
-
-    if parts == 1:
-        loss, grads = part(batch)
-        return loss, list(grads)
-    index = torch.arange(len(batch.obs), device=batch.obs.device)
-    *others, last = [batch[i] for i in index.tensor_split(parts)]
-    futures = [pool.submit(part, rows) for rows in others]
-    results = [part(last)] + [f.result() for f in futures]
-    return sum(loss for loss, _ in results), [sum(g) for g in zip(*(g for _, g in results))]
+    return (error * batch.mask).sum() / batch.mask.sum().clamp(min=1.0)
 
 
 def _concat(parts: list[Rollouts]) -> Rollouts:
@@ -305,10 +265,11 @@ def fly(env: DistillEnv, student: RaptorStudent, steps: int) -> tuple[torch.Tens
 class _Flight:
     """The student's per-epoch flight, on a second thread when it has an env of its own.
 
-    A collection is mostly Python stepping small tensor ops, which leave a second core idle, so
-    the flight of epoch ``e``'s student and the collection of epoch ``e + 1``'s data (on the
-    other env) overlap: a full-scale epoch (972 vehicles x 10 rows) took 23-31 s instead of
-    37-46 s on 2 cores (BENCHMARKS.md, raptor-shared-teacher).
+    A collection is mostly Python stepping small tensor ops, so the flight of epoch ``e``'s
+    student and the collection of epoch ``e + 1``'s data (on the other env) overlap only where
+    the ops release the GIL: at full scale (972 vehicles x 10 rows, 2 cores) a behaviour
+    cloning epoch took 11% less time, an on-policy one 4% (BENCHMARKS.md,
+    raptor-shared-teacher).
     """
 
     def __init__(self, env: DistillEnv, steps: int, concurrent: bool) -> None:
@@ -348,7 +309,6 @@ def distill(
     device: str = "cpu",
     progress: bool = True,
     flight_env: DistillEnv | None = None,
-    train_threads: int = 1,
 ) -> tuple[StudentPolicy, dict[str, list[float]]]:
     """Train a student from ``teachers``; return the best epoch's student and the curves.
 
@@ -359,15 +319,11 @@ def distill(
 
     ``flight_env`` (default: ``env``) is where those flights run; an env of their own lets each
     fly on a second thread while the next epoch's data is collected on ``env``.
-    ``train_threads`` > 1 splits every training batch's episodes over that many threads
-    (:func:`imitation_gradients`; on a CPU with that many cores).
 
     With ``run_dir``, every epoch ends with a checkpoint there (``checkpoints/latest``: the
     current student plus the training state) and a call with the same arguments resumes after
     the last finished epoch.
     """
-    if not isinstance(train_threads, int) or train_threads < 1:
-        raise ValueError(f"train_threads={train_threads!r}: must be an integer >= 1")
     torch.manual_seed(seed)
     flight_env = env if flight_env is None else flight_env
     student = RaptorStudent().to(device)
@@ -419,7 +375,6 @@ def distill(
         log.truncate_after(first_epoch)
 
     flight = _Flight(flight_env, cfg.episode_steps, concurrent=flight_env is not env)
-    train_pool = ThreadPoolExecutor(train_threads - 1) if train_threads > 1 else None
     bar = progress_bar(cfg.epochs, "distill", progress)
     bar.update(first_epoch)
 
@@ -474,11 +429,11 @@ def distill(
                 order = torch.randperm(len(data.obs), generator=generator)
                 for start in range(0, len(order), cfg.batch_episodes):
                     i = order[start : start + cfg.batch_episodes].to(data.obs.device)
-                    loss, grads = imitation_gradients(student, data[i], train_threads, train_pool)
-                    for parameter, grad in zip(student.parameters(), grads):
-                        parameter.grad = grad
+                    loss = imitation_loss(student, data[i])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
                     optimizer.step()
-                    losses.append(loss)
+                    losses.append(loss.item())
             # The student's flight, then the next epoch's data (on a flight env of its own,
             # the two side by side, and the epoch ends after both).
             flight.start(student)
@@ -492,8 +447,6 @@ def distill(
                 data = gather(epoch + 1) if more else None
     finally:
         flight.close()
-        if train_pool is not None:
-            train_pool.shutdown()
         bar.close()
         if log is not None:
             log.close()

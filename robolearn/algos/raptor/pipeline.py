@@ -141,7 +141,6 @@ def train_raptor(
         device,
         progress,
         flight_env=env_factory(rows, seed + 3, device),
-        train_threads=torch.get_num_threads() if device == "cpu" else 1,
     )
     stage_wall_s["distillation"] = time.perf_counter() - clock
     say(
