@@ -266,18 +266,20 @@ def test_position_correction_teaches_hovering_at_the_target():
     assert corrected < 0.01 and corrected < 0.5 * uncorrected, (corrected, uncorrected)
 
 
-def test_interrupted_distillation_resumes_exactly(tmp_path):
-    cfg = toy_config(epochs=8, teacher_forcing_epochs=3)
-    _, straight = distill(ToyFleet(), ToyTeachers(), cfg, tmp_path / "a", progress=False)
-    distill(
-        ToyFleet(),
-        ToyTeachers(),
-        toy_config(epochs=5, teacher_forcing_epochs=3),
-        tmp_path / "b",
-        progress=False,
-    )
-    _, resumed = distill(ToyFleet(), ToyTeachers(), cfg, tmp_path / "b", progress=False)
-    assert resumed == straight
+@pytest.mark.parametrize("own_flight_env", [False, True])
+def test_interrupted_distillation_resumes_exactly(tmp_path, own_flight_env):
+    """Also with the student's flights on an env of their own (and a second thread)."""
+
+    def run(epochs: int, folder: str) -> dict:
+        cfg = toy_config(epochs=epochs, teacher_forcing_epochs=3)
+        flights = ToyFleet() if own_flight_env else None
+        return distill(
+            ToyFleet(), ToyTeachers(), cfg, tmp_path / folder, progress=False, flight_env=flights
+        )[1]
+
+    straight = run(8, "a")
+    run(5, "b")
+    assert run(8, "b") == straight
 
 
 def test_cosine_learning_rate_goes_from_lr_to_lr_final(tmp_path):
@@ -316,24 +318,12 @@ class CountingFleet(ToyFleet):
         return super().reset(mask)
 
 
-def test_flights_on_their_own_env_fly_alongside_and_resume_exactly(tmp_path):
-    """With a flight env, every epoch's student flies there (one episode per row), on a second
-    thread; the run still learns, and an interrupted one resumes exactly."""
-    cfg = toy_config(epochs=8, teacher_forcing_epochs=3)
+def test_flights_on_their_own_env_fly_on_a_second_thread():
+    """With a flight env, every epoch's student flies there (one episode per row), on a thread
+    of its own, and the run still learns."""
     flights = CountingFleet()
-    threads = {"flight_env": flights}
-    _, straight = distill(ToyFleet(), ToyTeachers(), cfg, tmp_path / "a", progress=False, **threads)
+    cfg = toy_config(epochs=8, teacher_forcing_epochs=3)
+    _, curves = distill(ToyFleet(), ToyTeachers(), cfg, progress=False, flight_env=flights)
     assert len(flights.threads) == 8
     assert threading.main_thread().name not in flights.threads
-    assert straight["student_return"][-1] > straight["student_return"][0] + 5
-    distill(
-        ToyFleet(),
-        ToyTeachers(),
-        toy_config(epochs=5, teacher_forcing_epochs=3),
-        tmp_path / "b",
-        progress=False,
-        flight_env=ToyFleet(),
-    )
-    threads["flight_env"] = ToyFleet()
-    _, resumed = distill(ToyFleet(), ToyTeachers(), cfg, tmp_path / "b", progress=False, **threads)
-    assert resumed == straight
+    assert curves["student_return"][-1] > curves["student_return"][0] + 5
