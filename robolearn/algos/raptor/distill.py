@@ -229,10 +229,15 @@ def imitation_loss(student: RaptorStudent, batch: Rollouts) -> torch.Tensor:
 
 def _concat(parts: list[Rollouts]) -> Rollouts:
     """The episodes of all ``parts``, padded to the longest part's steps with masked zeros (a
-    collection ends early when every vehicle crashed: the steps it never flew carry no label)."""
+    collection ends early when every vehicle crashed: the steps it never flew carry no label).
+    An epoch's data is hundreds of MB, so nothing is copied that need not be."""
+    if len(parts) == 1:
+        return parts[0]
     steps = max(p.obs.shape[1] for p in parts)
 
     def padded(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == steps:
+            return x
         return F.pad(x, (0, 0) * (x.dim() - 2) + (0, steps - x.shape[1]))
 
     return Rollouts(

