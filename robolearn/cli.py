@@ -508,6 +508,7 @@ def raptor_config(cfg: DictConfig) -> Any:
             teachers=algo["teachers"],
             vehicle_seed=algo["vehicle_seed"],
             workers=algo["workers"],
+            evaluation_process=algo["evaluation_process"],
             min_teacher_return=algo["min_teacher_return"],
             selection_episodes=algo["selection_episodes"],
             teacher=TeacherConfig(**teacher),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,18 @@ class MetricLog:
                 writer.writerow(["step", "name", "value"])
             writer.writerows([step, name, float(value)] for name, value in scalars.items())
 
-    def truncate_after(self, step: int) -> None:
-        """Drop rows logged after ``step`` (a resumed run repeats them from its checkpoint)."""
+    def truncate_after(self, step: int, redone: Collection[tuple[int, str]] = ()) -> None:
+        """Drop rows logged after ``step`` (a resumed run repeats them from its checkpoint), and
+        the rows ``(step, name)`` in ``redone``, which it logs again too."""
         if not self.csv_path.exists():
             return
+        redone = {(int(s), name) for s, name in redone}
         with self.csv_path.open() as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+            rows = [
+                r
+                for r in csv.DictReader(f)
+                if int(r["step"]) <= step and (int(r["step"]), r["name"]) not in redone
+            ]
         with self.csv_path.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["step", "name", "value"])
             writer.writeheader()

@@ -1,9 +1,11 @@
-"""Small shared utilities: device selection and seeding."""
+"""Small shared utilities: device selection, seeding, progress bars, a side process."""
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -49,4 +51,29 @@ def progress_bar(total: int, desc: str, enabled: bool = True, **kwargs: Any) -> 
         mininterval=interval,
         dynamic_ncols=True,
         **kwargs,
+    )
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def side_process() -> ProcessPoolExecutor:
+    """One worker process (spawned, with this process's torch thread count) for work that can
+    run beside a training loop, such as evaluating a snapshot of the weights.
+
+    Python threads barely overlap loops of small torch ops, which hold the GIL between kernels;
+    a process gets a core of its own. Its functions must be importable and their arguments and
+    results picklable. As with any spawned process, a script that starts one needs an
+    ``if __name__ == "__main__":`` guard.
+    """
+    import torch
+
+    return ProcessPoolExecutor(
+        1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_set_torch_threads,
+        initargs=(torch.get_num_threads(),),
     )

@@ -6,7 +6,7 @@ teacher tests.)
 
 from __future__ import annotations
 
-import threading
+import os
 
 import pytest
 import torch
@@ -268,7 +268,7 @@ def test_position_correction_teaches_hovering_at_the_target():
 
 @pytest.mark.parametrize("own_flight_env", [False, True])
 def test_interrupted_distillation_resumes_exactly(tmp_path, own_flight_env):
-    """Also with the student's flights on an env of their own (and a second thread)."""
+    """Also with the student's flights on an env of their own (in a side process)."""
 
     def run(epochs: int, folder: str) -> dict:
         cfg = toy_config(epochs=epochs, teacher_forcing_epochs=3)
@@ -306,24 +306,26 @@ def test_more_passes_per_epoch_fit_the_same_data_better():
     assert final_loss(4) < 0.7 * final_loss(1)
 
 
-class CountingFleet(ToyFleet):
-    """A ToyFleet that records the thread of each of its episodes (resets)."""
+class SideProcessFleet(ToyFleet):
+    """A ToyFleet that refuses to fly in the process that made it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.threads: list[str] = []
+        self.home = os.getpid()
 
     def reset(self, mask=None):
-        self.threads.append(threading.current_thread().name)
+        assert os.getpid() != self.home, "flown in the training process"
         return super().reset(mask)
 
 
-def test_flights_on_their_own_env_fly_on_a_second_thread():
-    """With a flight env, every epoch's student flies there (one episode per row), on a thread
-    of its own, and the run still learns."""
-    flights = CountingFleet()
+def test_flights_on_their_own_env_fly_in_a_side_process():
+    """With a flight env, every epoch's student flies there, in a side process; the run is the
+    one flown here on that env, and it learns."""
     cfg = toy_config(epochs=8, teacher_forcing_epochs=3)
+    flights = SideProcessFleet()
     _, curves = distill(ToyFleet(), ToyTeachers(), cfg, progress=False, flight_env=flights)
-    assert len(flights.threads) == 8
-    assert threading.main_thread().name not in flights.threads
+    _, here = distill(
+        ToyFleet(), ToyTeachers(), cfg, progress=False, flight_env=ToyFleet(), flight_process=False
+    )
+    assert curves == here
     assert curves["student_return"][-1] > curves["student_return"][0] + 5

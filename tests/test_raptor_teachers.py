@@ -168,10 +168,31 @@ def constant_teachers(actions: list[float]) -> Teachers:
 
 def test_best_teachers_keep_each_teachers_best_weights():
     best = BestTeachers(Fleet(2), TargetEnv, 0, "cpu", TeacherConfig(keep_best_episodes=3))
-    best.update(constant_teachers([0.5, -0.5]))  # teacher 0 perfect, teacher 1 off
-    returns = best.update(constant_teachers([-0.5, 0.5]))  # the other way round
+    best.submit(1, constant_teachers([0.5, -0.5]))  # teacher 0 perfect, teacher 1 off
+    best.submit(2, constant_teachers([-0.5, 0.5]))  # the other way round
+    (first, _), (second, returns) = best.finished()
+    assert (first, second) == (1, 2)
     assert torch.allclose(returns, torch.tensor([-4.0, 0.0]), atol=1e-5)
     kept = best.result()
+    assert torch.allclose(kept.act(torch.zeros(2, 26)), torch.full((2, 4), 0.5), atol=1e-5)
+    assert kept.train_returns == pytest.approx([0.0, 0.0], abs=1e-5)
+
+
+def test_best_teachers_resume_their_pending_evaluations():
+    """A checkpoint taken while evaluations are pending keeps their candidates; restored, they
+    are evaluated again and applied in order, as if nothing had happened."""
+    cfg = TeacherConfig(keep_best_episodes=3)
+    best = BestTeachers(Fleet(2), TargetEnv, 0, "cpu", cfg)
+    best.submit(1, constant_teachers([0.5, -0.5]))
+    assert best.state() is not None and best.state()["actor"] is None  # only pending
+    list(best.finished())
+    best.submit(2, constant_teachers([-0.5, 0.5]))
+    best.submit(3, constant_teachers([0.0, 0.0]))
+    state = best.state()
+    resumed = BestTeachers(Fleet(2), TargetEnv, 0, "cpu", cfg)
+    resumed.load_state(state, like=constant_teachers([0.9, 0.9]))
+    assert [step for step, _ in resumed.finished()] == [2, 3]
+    kept = resumed.result()
     assert torch.allclose(kept.act(torch.zeros(2, 26)), torch.full((2, 4), 0.5), atol=1e-5)
     assert kept.train_returns == pytest.approx([0.0, 0.0], abs=1e-5)
 
@@ -225,6 +246,35 @@ def test_keep_best_run_returns_its_best_evaluated_teachers_and_resumes(tmp_path)
         )
         finals.append(last["t"].act(torch.ones(2, 26)))
     assert torch.equal(*finals)
+
+
+def test_keep_best_evaluations_in_a_side_process_keep_the_same_teachers(tmp_path):
+    """Evaluated in a side process, beside training, and interrupted with an evaluation
+    pending at the checkpoint: the same teachers and evaluation log as evaluated in the loop.
+    (Both runs stop at the checkpoint and resume: a resumed run draws new episodes.)"""
+    params = sample_params(2, seed=5)
+    cfg = dataclasses.replace(tiny_config(900), checkpoint_every=600, keep_best_every=300)
+    cfg = dataclasses.replace(cfg, keep_best_episodes=2)
+    cfg.sac = dataclasses.replace(cfg.sac, warmup_steps=300, batch_size=32)
+    runs = {}
+    for name in ("loop", "side"):
+        for run_cfg in (dataclasses.replace(cfg, steps=600), cfg):
+            runs[name] = train_teachers(
+                params,
+                run_cfg,
+                make_env,
+                seed=1,
+                progress=False,
+                run_dir=tmp_path / name,
+                evaluation_process=name == "side",
+            )
+    assert torch.equal(runs["loop"].act(torch.ones(2, 26)), runs["side"].act(torch.ones(2, 26)))
+    assert runs["loop"].train_returns == runs["side"].train_returns
+    for metric in ("eval/return_median", "eval/kept_return_median"):
+        loop_steps, loop_values = read_metric(tmp_path / "loop", metric)
+        side_steps, side_values = read_metric(tmp_path / "side", metric)
+        assert loop_steps.tolist() == side_steps.tolist() == [300, 600, 900]
+        assert np.array_equal(loop_values, side_values)
 
 
 def test_shared_teacher_expands_into_equivalent_per_vehicle_actors():

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Protocol
 
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from robolearn.algos.raptor.student import RaptorStudent, StudentPolicy
 from robolearn.training import Checkpointer, MetricLog
-from robolearn.utils import progress_bar
+from robolearn.utils import progress_bar, side_process
 
 
 class DistillEnv(Protocol):
@@ -268,41 +268,49 @@ def fly(env: DistillEnv, student: RaptorStudent, steps: int) -> tuple[torch.Tens
 
 
 class _Flight:
-    """The student's per-epoch flight, on a second thread when it has an env of its own.
+    """The student's per-epoch flight, in a side process when it has an env of its own.
 
-    A collection is mostly Python stepping small tensor ops, so the flight of epoch ``e``'s
-    student and the collection of epoch ``e + 1``'s data (on the other env) overlap only where
-    the ops release the GIL: at full scale (972 vehicles x 10 rows, 2 cores) a behaviour
-    cloning epoch took 11% less time, an on-policy one 4% (BENCHMARKS.md,
-    raptor-shared-teacher).
+    A flight is mostly Python stepping small tensor ops, which a second thread could overlap
+    with the next epoch's collection only where the ops release the GIL (4-11% of an epoch at
+    full scale on 2 cores); a side process flies on a core of its own. It flies copies of the
+    student and of the env and sends back the results and the env's RNG state, so the env
+    here draws on exactly as if it had flown here.
     """
 
-    def __init__(self, env: DistillEnv, steps: int, concurrent: bool) -> None:
-        self.env, self.steps, self.concurrent = env, steps, concurrent
-        self.pool = ThreadPoolExecutor(1) if concurrent else None
+    def __init__(self, env: DistillEnv, steps: int, executor: Executor | None) -> None:
+        self.env, self.steps, self.executor = env, steps, executor
         self.pending: Future | None = None
         self.flown: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def start(self, student: RaptorStudent) -> None:
-        """Fly ``student`` now, or a copy of it on the second thread (the next collection
-        reads the student meanwhile)."""
-        if self.pool is None:
+        """Fly ``student`` now, or a copy of it in the side process."""
+        if self.executor is None:
             self.flown = fly(self.env, student.eval(), self.steps)
         else:
             flyer = copy.deepcopy(student).eval()
-            self.pending = self.pool.submit(fly, self.env, flyer, self.steps)
+            self.pending = self.executor.submit(_fly_and_report_rng, self.env, flyer, self.steps)
 
     def result(self) -> tuple[float, float]:
         """Mean return and survival rate of the flight last started."""
         if self.pending is not None:
-            self.flown, self.pending = self.pending.result(), None
+            returns, survived, rng = self.pending.result()
+            self.env.generator.set_state(rng)
+            self.flown, self.pending = (returns, survived), None
         returns, survived = self.flown
         return returns.mean().item(), survived.float().mean().item()
 
     def close(self) -> None:
-        """Stop the thread; a flight still pending (an epoch cut short) is dropped."""
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+        """Stop the side process; a flight still pending (an epoch cut short) is dropped."""
+        if self.executor is not None:
+            self.executor.shutdown(cancel_futures=True)
+
+
+def _fly_and_report_rng(
+    env: DistillEnv, student: RaptorStudent, steps: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``fly`` plus the env's RNG state after it (picklable, for a side process)."""
+    returns, survived = fly(env, student, steps)
+    return returns, survived, env.generator.get_state()
 
 
 def distill(
@@ -314,6 +322,7 @@ def distill(
     device: str = "cpu",
     progress: bool = True,
     flight_env: DistillEnv | None = None,
+    flight_process: bool = True,
 ) -> tuple[StudentPolicy, dict[str, list[float]]]:
     """Train a student from ``teachers``; return the best epoch's student and the curves.
 
@@ -322,8 +331,10 @@ def distill(
     mean return and survival rate flying every row of ``flight_env`` once (as deployed: no
     position correction), and whether the data came from the teachers or the student.
 
-    ``flight_env`` (default: ``env``) is where those flights run; an env of their own lets each
-    fly on a second thread while the next epoch's data is collected on ``env``.
+    ``flight_env`` (default: ``env``) is where those flights run. On an env of their own they
+    fly, with ``flight_process``, in a side process (``robolearn.utils.side_process``) while
+    the next epoch's data is collected on ``env`` (the env must then be picklable), and the
+    run is the same as without.
 
     With ``run_dir``, every epoch ends with a checkpoint there (``checkpoints/latest``: the
     current student plus the training state) and a call with the same arguments resumes after
@@ -379,7 +390,8 @@ def distill(
     if log is not None:
         log.truncate_after(first_epoch)
 
-    flight = _Flight(flight_env, cfg.episode_steps, concurrent=flight_env is not env)
+    side = side_process() if flight_env is not env and flight_process else None
+    flight = _Flight(flight_env, cfg.episode_steps, side)
     bar = progress_bar(cfg.epochs, "distill", progress)
     bar.update(first_epoch)
 
@@ -444,7 +456,7 @@ def distill(
             flight.start(student)
             env_state = env.generator.get_state()
             more = epoch + 1 < cfg.epochs
-            if flight.concurrent:
+            if flight.executor is not None:
                 data = gather(epoch + 1) if more else None
                 end_epoch(epoch, losses, env_state)
             else:

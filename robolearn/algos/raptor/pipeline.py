@@ -45,6 +45,9 @@ class RaptorConfig:
     teachers: int = 1000
     vehicle_seed: int = 0  # vehicles come from sample_vehicles(teachers, vehicle_seed)
     workers: int = 1  # > 1: teacher training fans out over Ray tasks (a local Ray by default)
+    # The teachers' keep-best evaluations and the student's per-epoch flights in a side process,
+    # beside training (the same results; on a 2-core CPU the second core does them).
+    evaluation_process: bool = True
     min_teacher_return: float | None = 300.0
     selection_episodes: int = 100
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
@@ -115,6 +118,7 @@ def train_raptor(
                 device,
                 progress,
                 run_dir=run_dir / "teacher_training",
+                evaluation_process=cfg.evaluation_process,
             )
         teachers.save(teachers_dir)
         stage_wall_s["teachers"] = time.perf_counter() - clock
@@ -141,6 +145,7 @@ def train_raptor(
         device,
         progress,
         flight_env=env_factory(rows, seed + 3, device),
+        flight_process=cfg.evaluation_process,
     )
     stage_wall_s["distillation"] = time.perf_counter() - clock
     say(

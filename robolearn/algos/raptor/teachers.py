@@ -16,10 +16,13 @@ expanded into the same N per-vehicle actors afterwards.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ from robolearn.algos.batched_sac import (
 from robolearn.nets.batched import BatchedMLP
 from robolearn.policy import WEIGHTS_FILE, Observation, Policy, read_policy_file
 from robolearn.training import Checkpointer, MetricLog
-from robolearn.utils import progress_bar
+from robolearn.utils import progress_bar, side_process
 
 #: ``env_factory(params, seed, device) -> BatchedTorchEnv`` with one env per vehicle in params.
 EnvFactory = Callable[[Any, int, str], BatchedTorchEnv]
@@ -51,6 +54,9 @@ LOG_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 #: Evaluations fly up to this many episodes of every vehicle at once (``repeat_vehicles``).
 SIDE_BY_SIDE = 10
+#: What each keep-best evaluation logs (as ``eval/<name>``): the medians over teachers of the
+#: candidates' returns and of the kept ones'.
+EVAL_METRICS = ("return_median", "kept_return_median")
 
 
 @dataclasses.dataclass
@@ -438,6 +444,7 @@ def train_teachers(
     progress: bool = True,
     run_dir: str | Path | None = None,
     callback: Callable[[int, Teachers], None] | None = None,
+    evaluation_process: bool = False,
 ) -> Teachers:
     """Train one SAC teacher per vehicle of ``params`` (or, with ``cfg.shared``, one for all of
     them) for ``cfg.steps`` steps of every vehicle.
@@ -457,6 +464,9 @@ def train_teachers(
             resumes from it, starting fresh episodes.
         callback: Called as ``callback(step, teachers)`` every ``cfg.log_every`` steps with
             the current deterministic teachers (e.g. to record a learning curve).
+        evaluation_process: Run the ``cfg.keep_best_every`` evaluations in a side process
+            (``robolearn.utils.side_process``), beside training rather than in its pauses;
+            the teachers kept are the same.
 
     Returns:
         The trained teachers: with ``cfg.keep_best_every``, each teacher's best evaluated
@@ -508,86 +518,93 @@ def train_teachers(
     if state is not None:
         start = _restore(state, agents, replay, sampler)
         recent = state["recent"].to(dev)
-        log.truncate_after(start)
 
     best = None
     if cfg.keep_best_every > 0:
-        best = BestTeachers(params, env_factory, seed + KEEP_BEST_SEED, device, cfg)
+        executor = side_process() if evaluation_process else None
+        best = BestTeachers(params, env_factory, seed + KEEP_BEST_SEED, device, cfg, executor)
         if state is not None and state.get("best") is not None:
             best.load_state(state["best"], teachers_now())
+    if state is not None:
+        # Evaluations pending at the checkpoint are logged again when they finish.
+        pending = [] if best is None else [step for step, _, _ in best.pending]
+        log.truncate_after(start, [(s, f"eval/{m}") for s in pending for m in EVAL_METRICS])
 
     def result() -> Teachers:
         if best is not None and best.teachers is not None:
             return best.result()
         return teachers_now(recent.nanmean(dim=1).tolist())
 
-    episode_return = torch.zeros(n, device=dev)
-    episode_steps = torch.zeros(n, dtype=torch.long, device=dev)
-    metrics: dict[str, float] = {}
-    obs = env.reset()
-    bar = progress_bar(cfg.steps, f"RAPTOR teachers x{n}", progress, initial=start)
-    clock, clock_step = time.perf_counter(), start
-    for step in range(start, cfg.steps):
-        if cfg.curriculum_steps > 0:
-            scale = cfg.reward_scale(step)
-            vehicles.action_change_weight = scale * final_weights[0]
-            vehicles.orientation_weight = scale * final_weights[1]
-        if step < sac.warmup_steps:
-            action = torch.rand(n, env.act_dim, device=dev) * 2 - 1
-        elif shared is not None:
-            with torch.no_grad():
-                action = agents.sample_action(obs[None])[0][0]
-        else:
-            action = agents.act(obs)
-        next_obs, reward, terminated, truncated = env.step(action)
-        episode_steps += 1
-        done = terminated | truncated | (episode_steps >= cfg.episode_steps)
-        if shared is not None:  # n transitions of the one agent
-            replay.add(obs[None], action[None], reward[None], next_obs[None], terminated[None])
-        else:
-            replay.add(obs, action, reward, next_obs, terminated)
-        episode_return += reward
-        if bool(done.any()):
-            recent[done] = torch.cat([recent[done, 1:], episode_return[done, None]], dim=1)
-            episode_return = torch.where(done, 0.0, episode_return)
-            episode_steps = episode_steps.masked_fill(done, 0)
-            next_obs = env.reset(done)
-        obs = next_obs
-        if shared is not None and step >= sac.warmup_steps and replay.size >= sac.batch_size:
-            for k in range(cfg.shared_updates):
+    try:
+        episode_return = torch.zeros(n, device=dev)
+        episode_steps = torch.zeros(n, dtype=torch.long, device=dev)
+        metrics: dict[str, float] = {}
+        obs = env.reset()
+        bar = progress_bar(cfg.steps, f"RAPTOR teachers x{n}", progress, initial=start)
+        clock, clock_step = time.perf_counter(), start
+        for step in range(start, cfg.steps):
+            if cfg.curriculum_steps > 0:
+                scale = cfg.reward_scale(step)
+                vehicles.action_change_weight = scale * final_weights[0]
+                vehicles.orientation_weight = scale * final_weights[1]
+            if step < sac.warmup_steps:
+                action = torch.rand(n, env.act_dim, device=dev) * 2 - 1
+            elif shared is not None:
+                with torch.no_grad():
+                    action = agents.sample_action(obs[None])[0][0]
+            else:
+                action = agents.act(obs)
+            next_obs, reward, terminated, truncated = env.step(action)
+            episode_steps += 1
+            done = terminated | truncated | (episode_steps >= cfg.episode_steps)
+            if shared is not None:  # n transitions of the one agent
+                replay.add(obs[None], action[None], reward[None], next_obs[None], terminated[None])
+            else:
+                replay.add(obs, action, reward, next_obs, terminated)
+            episode_return += reward
+            if bool(done.any()):
+                recent[done] = torch.cat([recent[done, 1:], episode_return[done, None]], dim=1)
+                episode_return = torch.where(done, 0.0, episode_return)
+                episode_steps = episode_steps.masked_fill(done, 0)
+                next_obs = env.reset(done)
+            obs = next_obs
+            if shared is not None and step >= sac.warmup_steps and replay.size >= sac.batch_size:
+                for k in range(cfg.shared_updates):
+                    batch = replay.sample(sac.batch_size, generator=sampler)
+                    metrics = agents.update(batch, k % sac.actor_every == 0)
+            elif shared is None and update_due(sac, step, replay.size):
                 batch = replay.sample(sac.batch_size, generator=sampler)
-                metrics = agents.update(batch, k % sac.actor_every == 0)
-        elif shared is None and update_due(sac, step, replay.size):
-            batch = replay.sample(sac.batch_size, generator=sampler)
-            metrics = agents.update(batch, actor_due(sac, step))
-        bar.update(1)
-        done_steps = step + 1
-        if best is not None and (done_steps % cfg.keep_best_every == 0 or done_steps == cfg.steps):
-            returns = best.update(teachers_now())
-            if log is not None:
-                log.log(
-                    done_steps,
-                    **{
-                        "eval/return_median": float(returns.median()),
-                        "eval/kept_return_median": float(best.returns.median()),
-                    },
-                )
-        if log is not None and (done_steps % cfg.log_every == 0 or done_steps == cfg.steps):
-            now = time.perf_counter()
-            returns = recent.nanmean(dim=1)
-            scalars = _quantile_scalars(returns) | {f"train/{k}": v for k, v in metrics.items()}
-            scalars["train/teacher_steps_per_s"] = n * (done_steps - clock_step) / (now - clock)
-            scalars |= {f"teacher_return/{i:04d}": r for i, r in enumerate(returns.tolist())}
-            log.log(done_steps, **scalars)
-            clock, clock_step = now, done_steps
-        if callback is not None and done_steps % cfg.log_every == 0:
-            callback(done_steps, teachers_now(recent.nanmean(dim=1).tolist()))
-        if checkpointer is not None and (
-            done_steps % cfg.checkpoint_every == 0 or done_steps == cfg.steps
-        ):
-            train_state = _train_state(done_steps, cfg, agents, replay, sampler, recent)
-            train_state["best"] = None if best is None else best.state()
-            checkpointer.save(result(), train_state)
+                metrics = agents.update(batch, actor_due(sac, step))
+            bar.update(1)
+            done_steps = step + 1
+            if best is not None:
+                if done_steps % cfg.keep_best_every == 0 or done_steps == cfg.steps:
+                    best.submit(done_steps, teachers_now())
+                for evaluated, returns in best.finished(wait=done_steps == cfg.steps):
+                    if log is not None:
+                        medians = (float(returns.median()), float(best.returns.median()))
+                        log.log(
+                            evaluated, **{f"eval/{m}": v for m, v in zip(EVAL_METRICS, medians)}
+                        )
+            if log is not None and (done_steps % cfg.log_every == 0 or done_steps == cfg.steps):
+                now = time.perf_counter()
+                returns = recent.nanmean(dim=1)
+                scalars = _quantile_scalars(returns) | {f"train/{k}": v for k, v in metrics.items()}
+                scalars["train/teacher_steps_per_s"] = n * (done_steps - clock_step) / (now - clock)
+                scalars |= {f"teacher_return/{i:04d}": r for i, r in enumerate(returns.tolist())}
+                log.log(done_steps, **scalars)
+                clock, clock_step = now, done_steps
+            if callback is not None and done_steps % cfg.log_every == 0:
+                callback(done_steps, teachers_now(recent.nanmean(dim=1).tolist()))
+            if checkpointer is not None and (
+                done_steps % cfg.checkpoint_every == 0 or done_steps == cfg.steps
+            ):
+                train_state = _train_state(done_steps, cfg, agents, replay, sampler, recent)
+                train_state["best"] = None if best is None else best.state()
+                checkpointer.save(result(), train_state)
+    finally:
+        if best is not None and best.executor is not None:
+            best.executor.shutdown(cancel_futures=True)
     bar.close()
     if log is not None:
         log.close()
@@ -597,32 +614,62 @@ def train_teachers(
 class BestTeachers:
     """Each teacher's best deterministic weights so far (``TeacherConfig.keep_best_every``).
 
-    Every :meth:`update` evaluates candidate teachers for ``cfg.keep_best_episodes`` episodes on
+    Every :meth:`submit` evaluates candidate teachers for ``cfg.keep_best_episodes`` episodes on
     a fresh env seeded with ``seed`` (RAPTOR's reward: no curriculum) and, teacher by teacher,
     keeps the candidate's weights where its return beats the best so far.
+
+    With an ``executor`` (``robolearn.utils.side_process``) the evaluations run there, beside
+    training. An evaluation is a function of the candidates' weights alone (a fresh env of a
+    fixed seed, deterministic actors), so what is kept does not depend on when it finishes;
+    :meth:`finished` applies the evaluations in the order they were submitted.
     """
 
     def __init__(
-        self, params: Any, env_factory: EnvFactory, seed: int, device: str, cfg: TeacherConfig
+        self,
+        params: Any,
+        env_factory: EnvFactory,
+        seed: int,
+        device: str,
+        cfg: TeacherConfig,
+        executor: Executor | None = None,
     ) -> None:
         self.episodes = cfg.keep_best_episodes
         side_by_side = repeat_vehicles(params, min(self.episodes, SIDE_BY_SIDE))
-        self._make_env = lambda: env_factory(side_by_side, seed, device)
+        self._env_args = (env_factory, side_by_side, seed, device)
+        self.executor = executor
+        self.pending: deque[tuple[int, Teachers, Future]] = deque()
         self.teachers: Teachers | None = None
         self.returns: torch.Tensor | None = None
 
-    def update(self, candidates: Teachers) -> torch.Tensor:
-        """Evaluate ``candidates``, keep the better weights; the candidates' returns ``(N,)``."""
-        returns = candidates.evaluate(self._make_env(), self.episodes)
+    def submit(self, step: int, candidates: Teachers) -> None:
+        """Start evaluating ``candidates`` (the teachers after ``step`` steps)."""
+        args = (candidates, *self._env_args, self.episodes)
+        if self.executor is None:
+            future: Future = Future()
+            future.set_result(_evaluate_on_fresh_env(*args))
+        else:
+            future = self.executor.submit(_evaluate_on_fresh_env, *args)
+        self.pending.append((step, candidates, future))
+
+    def finished(self, wait: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+        """Keep the better weights of each finished evaluation (of every one with ``wait``), in
+        the order submitted, yielding its step and the candidates' returns ``(N,)``."""
+        while self.pending and (wait or self.pending[0][2].done()):
+            step, candidates, future = self.pending[0]
+            returns = future.result().to(candidates.device)
+            self.pending.popleft()
+            self._keep_better(candidates, returns)
+            yield step, returns
+
+    def _keep_better(self, candidates: Teachers, returns: torch.Tensor) -> None:
         if self.teachers is None:
             self.teachers, self.returns = candidates, returns
-            return returns
+            return
         better = (returns > self.returns) | self.returns.isnan()
         kept = self.teachers.actor.state_dict()
         for name, value in candidates.actor.state_dict().items():
             kept[name][better] = value[better]  # state_dict tensors share the weights' storage
         self.returns = torch.where(better, returns, self.returns)
-        return returns
 
     def result(self) -> Teachers:
         """The kept teachers, with their evaluation returns as ``train_returns`` (the best of
@@ -632,15 +679,43 @@ class BestTeachers:
         return self.teachers
 
     def state(self) -> dict[str, Any] | None:
-        if self.teachers is None:
+        """The kept weights and returns, and the candidates of evaluations not applied yet."""
+        if self.teachers is None and not self.pending:
             return None
-        weights = {k: v.cpu() for k, v in self.teachers.actor.state_dict().items()}
-        return {"actor": weights, "returns": self.returns.cpu()}
+        return {
+            "actor": None if self.teachers is None else _cpu(self.teachers.actor.state_dict()),
+            "returns": None if self.returns is None else self.returns.cpu(),
+            "pending": [(step, _cpu(c.actor.state_dict())) for step, c, _ in self.pending],
+        }
 
     def load_state(self, state: dict[str, Any], like: Teachers) -> None:
-        """Restore :meth:`state` into teachers shaped ``like`` (their weights are replaced)."""
-        like.actor.load_state_dict(state["actor"])
-        self.teachers, self.returns = like, state["returns"].to(like.device)
+        """Restore :meth:`state` into teachers shaped ``like`` (their weights are replaced) and
+        submit again the evaluations it had not applied."""
+        # Checkpoints from before evaluations could be pending have no "pending".
+        for step, weights in state.get("pending", []):
+            candidates = copy.deepcopy(like)
+            candidates.actor.load_state_dict(weights)
+            self.submit(step, candidates)
+        if state["actor"] is not None:
+            like.actor.load_state_dict(state["actor"])
+            self.teachers, self.returns = like, state["returns"].to(like.device)
+
+
+def _cpu(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.cpu() for k, v in weights.items()}
+
+
+def _evaluate_on_fresh_env(
+    teachers: Teachers,
+    env_factory: EnvFactory,
+    params: Any,
+    seed: int,
+    device: str,
+    episodes: int,
+) -> torch.Tensor:
+    """``teachers.evaluate`` on ``env_factory(params, seed, device)`` (picklable, for a side
+    process)."""
+    return teachers.evaluate(env_factory(params, seed, device), episodes)
 
 
 def _train_state(
