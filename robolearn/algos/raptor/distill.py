@@ -8,7 +8,7 @@ infer the vehicle from its history. Read top to bottom:
   with that vehicle's teacher action (on-policy imitation, the dataset rebuilt each epoch);
 * ``distill`` alternates collection and training by backpropagation through whole episodes
   (MSE on the teacher's action, masked after a crash), flies the student every epoch (``fly``,
-  on a second thread when it has an env of its own) and keeps the best one, checkpointing
+  in a side process when it has an env of its own) and keeps the best one, checkpointing
   after every epoch so that an interrupted run resumes;
 * ``crash_replay`` (ours) keeps the student's crashed episodes of earlier epochs in the data:
   a crash is a state the student cannot yet recover from, the rarest and most useful data;
