@@ -45,8 +45,9 @@ class RaptorConfig:
     teachers: int = 1000
     vehicle_seed: int = 0  # vehicles come from sample_vehicles(teachers, vehicle_seed)
     workers: int = 1  # > 1: teacher training fans out over Ray tasks (a local Ray by default)
-    # The teachers' keep-best evaluations and the student's per-epoch flights in a side process,
-    # beside training (the same results; on a 2-core CPU the second core does them).
+    # On a CPU, the teachers' keep-best evaluations and the student's per-epoch flights in a side
+    # process beside training (the same results; on 2 cores the second one does them). On a GPU
+    # they are quick, and a second process would need a CUDA context of its own: not used.
     evaluation_process: bool = True
     min_teacher_return: float | None = 300.0
     selection_episodes: int = 100
@@ -88,6 +89,7 @@ def train_raptor(
     resumes from its checkpoint, is counted from the resumption).
     """
     run_dir = Path(run_dir)
+    side_process = cfg.evaluation_process and torch.device(device).type == "cpu"
     stage_wall_s: dict[str, float] = {}
     clock = time.perf_counter()
     params = sample_vehicles(cfg.teachers, cfg.vehicle_seed)
@@ -118,7 +120,7 @@ def train_raptor(
                 device,
                 progress,
                 run_dir=run_dir / "teacher_training",
-                evaluation_process=cfg.evaluation_process,
+                evaluation_process=side_process,
             )
         teachers.save(teachers_dir)
         stage_wall_s["teachers"] = time.perf_counter() - clock
@@ -145,7 +147,7 @@ def train_raptor(
         device,
         progress,
         flight_env=env_factory(rows, seed + 3, device),
-        flight_process=cfg.evaluation_process,
+        flight_process=side_process,
     )
     stage_wall_s["distillation"] = time.perf_counter() - clock
     say(
