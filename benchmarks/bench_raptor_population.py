@@ -1,0 +1,121 @@
+"""RAPTOR students against the released policy on thousands of held-out vehicles.
+
+The issue's benchmark flies 300 held-out vehicles. Survival near 97-98% then moves in steps of
+one vehicle (0.33 points) while its sampling spread is about 0.9 points, so two policies a point
+apart cannot be told apart there. This script flies ``--vehicles`` more vehicles from the same
+distribution and protocol (``robolearn.algos.raptor.evaluate.fly``: teacher-MDP starts,
+disturbances, PX4 input clipping, no velocity termination, 5 s), from the seeds just after the
+benchmark's 300, and reports per policy: survival with its 95% Wilson interval, the final-error
+statistics over survivors, and, paired with the released policy on the same vehicles, how many
+vehicles only one of the two loses (the two-sided sign-test p-value of those counts).
+
+Usage: python -m benchmarks.bench_raptor_population [--vehicles N]
+[--policy NAME=DIR ...]   (the released and the shipped student are always flown)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.report import table, write_section
+from robolearn.algos.raptor import ReleasedRaptorPolicy
+from robolearn.algos.raptor.evaluate import HELD_OUT_SEED, Flight, fly
+from robolearn.policy import load_policy
+
+SECTION = "raptor_population"
+#: The issue's benchmark flies seeds HELD_OUT_SEED .. + 299; these vehicles come after them.
+FIRST_SEED = HELD_OUT_SEED + 300
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a binomial proportion."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def sign_test(a: int, b: int) -> float:
+    """Two-sided exact binomial p-value of ``a`` against ``b`` discordant pairs (p = 1/2)."""
+    n, k = a + b, min(a, b)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return min(1.0, 2 * tail)
+
+
+def row(name: str, flight: Flight, released: Flight) -> list[object]:
+    n = len(flight.survived)
+    low, high = wilson_interval(int(flight.survived.sum()), n)
+    errors = flight.final_errors[flight.survived] * 100
+    only_lost = int((~flight.survived & released.survived).sum())
+    only_kept = int((flight.survived & ~released.survived).sum())
+    paired = (
+        "—"
+        if flight is released
+        else (f"{only_lost} / {only_kept} (p = {sign_test(only_lost, only_kept):.2g})")
+    )
+    return [
+        name,
+        f"{flight.survived.mean() * 100:.2f} ({low * 100:.1f}-{high * 100:.1f})",
+        int((~flight.survived).sum()),
+        f"{np.median(errors):.2f}",
+        f"{errors.mean():.2f}",
+        f"{np.percentile(errors, 90):.1f}",
+        paired,
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--vehicles", type=int, default=5000, help="held-out vehicles to fly")
+    parser.add_argument(
+        "--policy", action="append", default=[], metavar="NAME=DIR", help="more students"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    specs = {"released": None, "shipped (pretrained:quadrotor)": "pretrained:quadrotor"}
+    for item in args.policy:
+        name, sep, path = item.partition("=")
+        if not sep:
+            parser.error(f"--policy {item!r}: expected NAME=DIR")
+        specs[name] = path
+    seeds = range(FIRST_SEED, FIRST_SEED + args.vehicles)
+    flights: dict[str, Flight] = {}
+    start = time.perf_counter()
+    for name, path in specs.items():
+        policy = ReleasedRaptorPolicy() if path is None else load_policy(path)
+        flights[name] = fly(policy, seeds, 500, progress=True)
+    wall = time.perf_counter() - start
+    released = flights["released"]
+    rows = [row(name, flight, released) for name, flight in flights.items()]
+    header = [
+        "policy",
+        "survival % (95% CI)",
+        "crashed",
+        "median final error (cm)",
+        "mean (cm)",
+        "p90 (cm)",
+        "lost only by it / only by released",
+    ]
+    paths = "; ".join(f"{name}: `{path}`" for name, path in specs.items() if path is not None)
+    body = f"""
+{args.vehicles} held-out vehicles (reset seeds {FIRST_SEED}..{FIRST_SEED + args.vehicles - 1},
+after the issue benchmark's 300), the protocol of section raptor_eval (teacher-MDP starts,
+disturbances, PX4 input clipping, no velocity termination, 5 s); the same vehicles, starts and
+disturbances for every policy. Final errors are over survivors. The last column pairs each
+policy with the released one on the same vehicles (sign test on the vehicles only one of the
+two loses). Checkpoints: {paths}. Flying them all took {wall:.0f} s.
+
+{table(header, rows)}
+"""
+    write_section(SECTION, "RAPTOR students vs the released policy on many held-out vehicles", body)
+
+
+if __name__ == "__main__":
+    main()
