@@ -50,6 +50,7 @@ def sign_test(a: int, b: int) -> float:
 
 
 def row(name: str, flight: Flight, released: Flight) -> list[object]:
+    """The table row of one policy's flights, paired with the released policy's."""
     n = len(flight.survived)
     low, high = wilson_interval(int(flight.survived.sum()), n)
     errors = flight.final_errors[flight.survived] * 100
@@ -78,12 +79,16 @@ def main() -> None:
         "--policy", action="append", default=[], metavar="NAME=DIR", help="more students"
     )
     args = parser.parse_args()
+    if args.vehicles < 1:
+        parser.error(f"--vehicles {args.vehicles}: need at least 1")
     torch.set_num_threads(1)
     specs = {"released": None, "shipped (pretrained:quadrotor)": "pretrained:quadrotor"}
     for item in args.policy:
         name, sep, path = item.partition("=")
         if not sep:
             parser.error(f"--policy {item!r}: expected NAME=DIR")
+        if name in specs:
+            parser.error(f"--policy {item!r}: the name {name!r} is taken")
         specs[name] = path
     seeds = range(FIRST_SEED, FIRST_SEED + args.vehicles)
     flights: dict[str, Flight] = {}
