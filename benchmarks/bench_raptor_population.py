@@ -19,12 +19,11 @@ import argparse
 import math
 import time
 
-import numpy as np
 import torch
 
 from benchmarks.report import table, write_section
 from robolearn.algos.raptor import ReleasedRaptorPolicy
-from robolearn.algos.raptor.evaluate import HELD_OUT_SEED, Flight, fly
+from robolearn.algos.raptor.evaluate import HELD_OUT_SEED, Flight, error_stats, fly
 from robolearn.policy import load_policy
 
 SECTION = "raptor_population"
@@ -53,22 +52,18 @@ def row(name: str, flight: Flight, released: Flight) -> list[object]:
     """The table row of one policy's flights, paired with the released policy's."""
     n = len(flight.survived)
     low, high = wilson_interval(int(flight.survived.sum()), n)
-    errors = flight.final_errors[flight.survived] * 100
+    errors = error_stats(flight.final_errors)  # over survivors, in m
     only_lost = int((~flight.survived & released.survived).sum())
     only_kept = int((flight.survived & ~released.survived).sum())
-    paired = (
-        "—"
-        if flight is released
-        else (f"{only_lost} / {only_kept} (p = {sign_test(only_lost, only_kept):.2g})")
-    )
+    paired = f"{only_lost} / {only_kept} (p = {sign_test(only_lost, only_kept):.2g})"
     return [
         name,
         f"{flight.survived.mean() * 100:.2f} ({low * 100:.1f}-{high * 100:.1f})",
         int((~flight.survived).sum()),
-        f"{np.median(errors):.2f}",
-        f"{errors.mean():.2f}",
-        f"{np.percentile(errors, 90):.1f}",
-        paired,
+        f"{errors['median'] * 100:.2f}",
+        f"{errors['mean'] * 100:.2f}",
+        f"{errors['p90'] * 100:.1f}",
+        "—" if flight is released else paired,
     ]
 
 

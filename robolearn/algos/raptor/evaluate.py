@@ -176,7 +176,7 @@ def fly(
     )
 
 
-def _stats(values: np.ndarray) -> dict[str, float]:
+def error_stats(values: np.ndarray) -> dict[str, float]:
     """Mean, median and p90 of the finite values (NaN when there are none)."""
     v = values[np.isfinite(values)]
     if not len(v):
@@ -193,7 +193,7 @@ def _summary(flight: Flight) -> dict[str, Any]:
         "episodes": len(flight.seeds),
         "survived": int(flight.survived.sum()),
         "survival_rate": float(flight.survived.mean()),
-        "final_error": _stats(flight.final_errors),
+        "final_error": error_stats(flight.final_errors),
     }
 
 
@@ -213,7 +213,7 @@ def _by_thrust_to_weight(flight: Flight) -> list[dict[str, Any]]:
                 "thrust_to_weight": label,
                 "episodes": int(members.sum()),
                 "survived": int(flight.survived[members].sum()),
-                "final_error": _stats(flight.final_errors[members]),
+                "final_error": error_stats(flight.final_errors[members]),
             }
         )
     return rows
