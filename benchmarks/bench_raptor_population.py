@@ -7,7 +7,8 @@ distribution and protocol (``robolearn.algos.raptor.evaluate.fly``: teacher-MDP 
 disturbances, PX4 input clipping, no velocity termination, 5 s), from the seeds just after the
 benchmark's 300, and reports per policy: survival with its 95% Wilson interval, the final-error
 statistics over survivors, and, paired with the released policy on the same vehicles, how many
-vehicles only one of the two loses (the two-sided sign-test p-value of those counts).
+vehicles only one of the two loses (the two-sided sign-test p-value of those counts) and how far
+its median final error is from the released policy's (a 95% paired bootstrap interval).
 
 Usage: python -m benchmarks.bench_raptor_population [--vehicles N]
 [--policy NAME=DIR ...]   (the released and the shipped student are always flown)
@@ -19,6 +20,7 @@ import argparse
 import math
 import time
 
+import numpy as np
 import torch
 
 from benchmarks.report import table, write_section
@@ -48,6 +50,27 @@ def sign_test(a: int, b: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def median_difference(
+    flight: Flight, released: Flight, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Median final error (over survivors) of ``flight`` minus ``released``'s, in m, with a 95%
+    bootstrap interval. Vehicles are resampled in pairs, so that both policies' medians are taken
+    over the same draw of vehicles and the interval reflects their difference, not the spread of
+    the vehicle distribution both share."""
+
+    ours_all, theirs_all = flight.final_errors, released.final_errors  # NaN where crashed
+
+    def difference(rows: np.ndarray) -> float:
+        ours, theirs = ours_all[rows], theirs_all[rows]
+        return float(np.median(ours[np.isfinite(ours)]) - np.median(theirs[np.isfinite(theirs)]))
+
+    n = len(ours_all)
+    rng = np.random.default_rng(seed)
+    draws = [difference(rng.integers(0, n, n)) for _ in range(resamples)]
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return difference(np.arange(n)), float(low), float(high)
+
+
 def row(name: str, flight: Flight, released: Flight) -> list[object]:
     """The table row of one policy's flights, paired with the released policy's."""
     n = len(flight.survived)
@@ -56,6 +79,7 @@ def row(name: str, flight: Flight, released: Flight) -> list[object]:
     only_lost = int((~flight.survived & released.survived).sum())
     only_kept = int((flight.survived & ~released.survived).sum())
     paired = f"{only_lost} / {only_kept} (p = {sign_test(only_lost, only_kept):.2g})"
+    shift, low_shift, high_shift = (100 * v for v in median_difference(flight, released))
     return [
         name,
         f"{flight.survived.mean() * 100:.2f} ({low * 100:.1f}-{high * 100:.1f})",
@@ -64,6 +88,7 @@ def row(name: str, flight: Flight, released: Flight) -> list[object]:
         f"{errors['mean'] * 100:.2f}",
         f"{errors['p90'] * 100:.1f}",
         "—" if flight is released else paired,
+        "—" if flight is released else f"{shift:+.2f} ({low_shift:+.2f} to {high_shift:+.2f})",
     ]
 
 
@@ -102,15 +127,17 @@ def main() -> None:
         "mean (cm)",
         "p90 (cm)",
         "lost only by it / only by released",
+        "median error - released's (cm, 95% CI)",
     ]
     paths = "; ".join(f"{name}: `{path}`" for name, path in specs.items() if path is not None)
     body = f"""
 {args.vehicles} held-out vehicles (reset seeds {FIRST_SEED}..{FIRST_SEED + args.vehicles - 1},
 after the issue benchmark's 300), the protocol of section raptor_eval (teacher-MDP starts,
 disturbances, PX4 input clipping, no velocity termination, 5 s); the same vehicles, starts and
-disturbances for every policy. Final errors are over survivors. The last column pairs each
-policy with the released one on the same vehicles (sign test on the vehicles only one of the
-two loses). Checkpoints: {paths}. Flying them all took {wall:.0f} s.
+disturbances for every policy. Final errors are over survivors. The last two columns pair each
+policy with the released one on the same vehicles: the sign test on the vehicles only one of the
+two loses, and the difference of median final errors with a paired bootstrap interval (2000
+resamples of the vehicles). Checkpoints: {paths}. Flying them all took {wall:.0f} s.
 
 {table(header, rows)}
 """
