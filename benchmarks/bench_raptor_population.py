@@ -57,7 +57,6 @@ def median_difference(
     bootstrap interval. Vehicles are resampled in pairs, so that both policies' medians are taken
     over the same draw of vehicles and the interval reflects their difference, not the spread of
     the vehicle distribution both share."""
-
     ours_all, theirs_all = flight.final_errors, released.final_errors  # NaN where crashed
 
     def difference(rows: np.ndarray) -> float:
