@@ -842,6 +842,8 @@ def _replay_in_sim(cfg: DictConfig, store: EpisodeStore, run_dir: Path | None) -
         k: {"max": max(v), "mean": float(np.mean(v)), "final": v[-1]} for k, v in errors.items()
     }
     worst = max(d["max"] for d in divergence.values())
+    # The simulation can end the episode before the log does (a task reached one step earlier).
+    replayed = len(next(iter(errors.values())))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for k, v in errors.items():
@@ -860,6 +862,7 @@ def _replay_in_sim(cfg: DictConfig, store: EpisodeStore, run_dir: Path | None) -
         "episode": cfg.episode,
         "seed": int(meta["seed"]),
         "steps": len(actions),
+        "replayed_steps": replayed,
         "max_divergence": worst,
         "final_divergence": max(d["final"] for d in divergence.values()),
         "divergence": divergence,
@@ -870,7 +873,7 @@ def _replay_in_sim(cfg: DictConfig, store: EpisodeStore, run_dir: Path | None) -
         f"replay of episode {cfg.episode} of {store.path}",
         summary,
         {
-            "steps": len(actions),
+            "steps replayed / logged": f"{replayed} / {len(actions)}",
             "max divergence": worst,
             "final divergence": summary["final_divergence"],
             **{
@@ -880,7 +883,8 @@ def _replay_in_sim(cfg: DictConfig, store: EpisodeStore, run_dir: Path | None) -
         },
     )
     _say(
-        f"replayed episode {cfg.episode} ({len(actions)} steps): max divergence from the log "
+        f"replayed episode {cfg.episode} ({replayed} of {len(actions)} steps): max divergence "
+        "from the log "
         f"{worst:.3g} (" + ", ".join(f"{k} {d['max']:.2g}" for k, d in divergence.items()) + ")"
     )
     if video is not None:

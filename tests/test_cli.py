@@ -54,6 +54,7 @@ def test_replay_reproduces_recorded_states(demos, tmp_path, capsys):
     assert main(["replay", f"log={demos}", "episode=2", f"run_dir={tmp_path / 'r'}", *QUICK]) == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["max_divergence"] < 1e-9
+    assert report["replayed_steps"] == report["steps"]  # the same simulator: the whole episode
     assert (tmp_path / "r" / "replay.mp4").stat().st_size > 0
 
 
