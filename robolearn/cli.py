@@ -882,10 +882,10 @@ def _replay_in_sim(cfg: DictConfig, store: EpisodeStore, run_dir: Path | None) -
             },
         },
     )
+    per_key = ", ".join(f"{k} {d['max']:.2g}" for k, d in divergence.items())
     _say(
-        f"replayed episode {cfg.episode} ({replayed} of {len(actions)} steps): max divergence "
-        "from the log "
-        f"{worst:.3g} (" + ", ".join(f"{k} {d['max']:.2g}" for k, d in divergence.items()) + ")"
+        f"replayed episode {cfg.episode} ({replayed} of {len(actions)} steps): "
+        f"max divergence from the log {worst:.3g} ({per_key})"
     )
     if video is not None:
         _say(f"video: {video}")
