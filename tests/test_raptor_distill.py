@@ -150,7 +150,8 @@ def test_a_checkpoint_from_before_crash_replay_resumes(tmp_path):
     distill(ToyFleet(), ToyTeachers(), toy_config(epochs=2), tmp_path, progress=False)
     checkpointer = Checkpointer(tmp_path)
     state = checkpointer.load_state()
-    del state["crashes"], state["curves"]["student_survival"]  # as an older version saved it
+    # as an older version saved it
+    del state["crashes"], state["curves"]["student_survival"], state["epoch_students"]
     torch.save(state, checkpointer.latest() / Checkpointer.STATE_FILE)
     _, curves = distill(
         ToyFleet(), ToyTeachers(), toy_config(epochs=3, crash_replay=4), tmp_path, progress=False
@@ -158,6 +159,32 @@ def test_a_checkpoint_from_before_crash_replay_resumes(tmp_path):
     assert len(curves["loss"]) == 3
     assert all(map(math.isnan, curves["student_survival"][:2]))
     assert curves["student_survival"][2] == 1.0
+    epoch_students = checkpointer.load_state()["epoch_students"]
+    assert epoch_students[:2] == [None, None] and epoch_students[2] is not None
+
+
+def test_every_epoch_student_is_kept_and_the_best_flight_is_returned(tmp_path):
+    """The checkpoint holds each epoch's weights (also across a resumption); the student
+    returned is the epoch whose flight return was highest."""
+    from robolearn.training import Checkpointer
+
+    cfg = toy_config(epochs=6, teacher_forcing_epochs=2)
+    distill(
+        ToyFleet(),
+        ToyTeachers(),
+        toy_config(epochs=3, teacher_forcing_epochs=2),
+        tmp_path,
+        progress=False,
+    )
+    policy, curves = distill(ToyFleet(), ToyTeachers(), cfg, tmp_path, progress=False)
+    epoch_students = Checkpointer(tmp_path).load_state()["epoch_students"]
+    assert len(epoch_students) == 6
+    assert not torch.equal(
+        epoch_students[0]["input_layer.weight"], epoch_students[-1]["input_layer.weight"]
+    )
+    best = max(range(6), key=curves["student_return"].__getitem__)
+    for name, weights in policy.model.state_dict().items():
+        assert torch.equal(weights, epoch_students[best][name]), name
 
 
 def train_on_epoch_batches(fleet, monkeypatch) -> list[tuple[int, int, float]]:

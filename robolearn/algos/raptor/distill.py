@@ -352,6 +352,9 @@ def distill(
         "on_policy": [],
     }
     best_return, best_state = -float("inf"), copy.deepcopy(student.state_dict())
+    # Every epoch's weights (8 KB each), so that another choice than the best flight return
+    # (an epoch picked on other vehicles, an average of epochs) needs no retraining.
+    epoch_students: list[dict[str, torch.Tensor] | None] = []
     offset = None
     crashes: Rollouts | None = None  # cfg.crash_replay's episodes, newest first
     checkpointer = Checkpointer(run_dir) if run_dir is not None else None
@@ -369,6 +372,8 @@ def distill(
         offset = state["position_offset"]
         # Checkpoints of runs from before crash replay and the survival curve have neither.
         crashes = state.get("crashes")
+        # Older checkpoints kept only the best and the latest weights (None: not kept).
+        epoch_students = state.get("epoch_students", [None] * len(curves["loss"]))
         curves.setdefault("student_survival", [math.nan] * len(curves["loss"]))
     elif cfg.position_correction:
         offset = steady_state_offsets(env, teachers, cfg.episodes_per_teacher, cfg.episode_steps)
@@ -408,8 +413,9 @@ def distill(
             log.log(
                 epoch + 1, **{f"distill/{k}": curves[k][-1] for k in curves if k != "on_policy"}
             )
+        epoch_students.append(copy.deepcopy(student.state_dict()))
         if flown > best_return:
-            best_return, best_state = flown, copy.deepcopy(student.state_dict())
+            best_return, best_state = flown, epoch_students[-1]
         if checkpointer is not None:
             checkpointer.save(
                 StudentPolicy(copy.deepcopy(student).cpu()),
@@ -424,6 +430,7 @@ def distill(
                     "best": best_state,
                     "position_offset": None if offset is None else offset.cpu(),
                     "crashes": crashes,
+                    "epoch_students": epoch_students,
                 },
             )
         bar.set_postfix(loss=f"{curves['loss'][-1]:.4f}", ret=f"{flown:.1f}", refresh=False)
