@@ -337,8 +337,9 @@ def distill(
     run is the same as without.
 
     With ``run_dir``, every epoch ends with a checkpoint there (``checkpoints/latest``: the
-    current student plus the training state) and a call with the same arguments resumes after
-    the last finished epoch.
+    current student plus the training state, every epoch's weights among it as
+    ``epoch_students``) and a call with the same arguments resumes after the last finished
+    epoch.
     """
     torch.manual_seed(seed)
     flight_env = env if flight_env is None else flight_env
