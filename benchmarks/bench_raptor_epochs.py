@@ -68,10 +68,11 @@ def main() -> None:
         parser.error(f"{args.run}: no distillation checkpoint with every epoch's weights")
     students = state["epoch_students"]
     first = len(students) - min(args.last, len(students))
-    if any(s is None for s in students[first:]):
+    returns = training_returns(args.run)
+    kept = max(returns, key=returns.__getitem__)  # the distillation's rule, over all epochs
+    if any(s is None for s in [*students[first:], students[kept - 1]]):
         parser.error(f"{args.run}: a checkpoint from before every epoch's weights were kept")
     torch.set_num_threads(1)
-    returns = training_returns(args.run)
     validation = range(VALIDATION_SEED, VALIDATION_SEED + args.validation)
     held_out = range(FIRST_SEED, FIRST_SEED + args.vehicles)
 
@@ -83,9 +84,10 @@ def main() -> None:
 
     start = time.perf_counter()
     scores = {epoch: score(students[epoch - 1]) for epoch in range(first + 1, len(students) + 1)}
-    kept = max(scores, key=returns.__getitem__)
-    # Validation's rule: most survivors, then the lower median.
+    # Validation's rule, over the epochs flown: most survivors, then the lower median.
     on_validation = max(scores, key=lambda e: (scores[e][0][0], -scores[e][0][1]))
+    if kept not in scores:
+        scores[kept] = score(students[kept - 1])
     rules = {
         f"best training-flight return (kept: epoch {kept})": scores[kept],
         f"best on validation vehicles (epoch {on_validation})": scores[on_validation],
@@ -99,12 +101,13 @@ def main() -> None:
         return [f"{pair[0][0]:.2f}", f"{pair[0][1]:.2f}", f"{pair[1][0]:.2f}", f"{pair[1][1]:.2f}"]
 
     header = ["validation survival %", "median (cm)", "held-out survival %", "median (cm)"]
-    per_epoch = [[e, f"{returns[e]:.1f}", *cells(s)] for e, s in scores.items()]
+    per_epoch = [[e, f"{returns[e]:.1f}", *cells(s)] for e, s in sorted(scores.items())]
     body = f"""
-Run `{args.run}`. Every epoch's student of the last {len(scores)} flown on {args.validation}
-validation vehicles (reset seeds from {VALIDATION_SEED}) and on the {args.vehicles} held-out
-vehicles of section raptor_population (reset seeds from {FIRST_SEED}); survival and median final
-error over survivors, protocol of section raptor_eval. Took {wall:.0f} s.
+Run `{args.run}`. Every epoch's student of the last {len(students) - first} flown on
+{args.validation} validation vehicles (reset seeds from {VALIDATION_SEED}) and on the
+{args.vehicles} held-out vehicles of section raptor_population (reset seeds from {FIRST_SEED});
+survival and median final error over survivors, protocol of section raptor_eval. The validation
+rule keeps the epoch with the most survivors there, then the lower median. Took {wall:.0f} s.
 
 {table(["rule", *header], [[name, *cells(s)] for name, s in rules.items()])}
 
