@@ -31,8 +31,8 @@ from robolearn.algos.raptor.student import RaptorStudent, StudentPolicy
 from robolearn.training import Checkpointer
 
 SECTION = "raptor_epochs"
-#: First reset seed of the validation vehicles (training draws below HELD_OUT_SEED too, but
-#: through sample_params, not reset seeds; the held-out vehicles start at HELD_OUT_SEED).
+#: First reset seed of the validation vehicles: below HELD_OUT_SEED, where the held-out vehicles
+#: start, and drawn per reset seed, while training's vehicles come from sample_params.
 VALIDATION_SEED = 5_000_000
 
 
@@ -63,6 +63,9 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=3000, help="validation vehicles")
     parser.add_argument("--vehicles", type=int, default=5000, help="held-out vehicles")
     args = parser.parse_args()
+    for name in ("last", "validation", "vehicles"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: need at least 1")
     state = Checkpointer(args.run / "distill_training").load_state()
     if state is None or not state.get("epoch_students"):
         parser.error(f"{args.run}: no distillation checkpoint with every epoch's weights")
