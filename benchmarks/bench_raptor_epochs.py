@@ -17,7 +17,6 @@ Usage: python -m benchmarks.bench_raptor_epochs --run RUN_DIR [--last N] [--vali
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -46,16 +45,6 @@ def average(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {name: torch.stack([s[name] for s in states]).mean(0) for name in states[0]}
 
 
-def training_returns(run: Path) -> dict[int, float]:
-    """The distillation's per-epoch flight return on the training vehicles (1-based epochs)."""
-    with open(run / "distill_training" / "metrics.csv") as f:
-        return {
-            int(row["step"]): float(row["value"])
-            for row in csv.DictReader(f)
-            if row["name"] == "distill/student_return"
-        }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", type=Path, required=True, help="a RAPTOR run folder")
@@ -71,7 +60,8 @@ def main() -> None:
         parser.error(f"{args.run}: no distillation checkpoint with every epoch's weights")
     students = state["epoch_students"]
     first = len(students) - min(args.last, len(students))
-    returns = training_returns(args.run)
+    # The distillation's per-epoch flight return on its training vehicles, by 1-based epoch.
+    returns = dict(enumerate(state["curves"]["student_return"], start=1))
     kept = max(returns, key=returns.__getitem__)  # the distillation's rule, over all epochs
     if any(s is None for s in [*students[first:], students[kept - 1]]):
         parser.error(f"{args.run}: a checkpoint from before every epoch's weights were kept")
