@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import time
@@ -68,10 +69,6 @@ PROBE_KEYS = ("reward", "noise_prior", "ent_coef", "layer_norm", "gradient_steps
 BUDGET = 100_000
 EVAL_EVERY = 10_000
 EVAL_EPISODES = 50
-#: DSRLConfig fields the benchmark sets (the rest are algo=dsrl's defaults).
-#: With the env's dense reward an entropy bonus does not pay for longer episodes, and it did
-#: as well as the noise prior on arm push (ablations in BENCHMARKS.md).
-DSRL_OVERRIDES: dict[str, Any] = {"reward": "env", "noise_prior": False, "ent_coef": "auto_0.05"}
 BASE_CONFIG = DiffusionConfig(
     denoiser="mlp",
     obs_steps=1,
@@ -217,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             env_steps=args.budget,
             eval_every=EVAL_EVERY,
             eval_episodes=EVAL_EPISODES,
-            **{**DSRL_OVERRIDES, **dict(_parse_setting(s) for s in args.set)},
+            **dict(_parse_setting(s) for s in args.set),
         )
         run_dir = _claim_run_dir(RESULTS / args.task / f"run-{name}-{args.seed}")
         train_dsrl(
@@ -327,6 +324,20 @@ def _median_curve(runs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.nanmedian(np.stack(values), axis=0)
 
 
+def _base_success(results: list[dict[str, Any]]) -> str:
+    """The base policy's success; runs on a base retrained elsewhere (the cache is per machine,
+    and training is not bit-identical across CPUs) are named with theirs."""
+    reference = next((r for r in results if r["method"] == "base"), results[0])["base_success"]
+    others: dict[float, list[str]] = {}
+    for r in results:
+        if r["method"] in METHODS and r["base_success"] != reference:
+            others.setdefault(r["base_success"], []).append(f"{r['method']}-{r['seed']}")
+    text = f"{reference:.0%}"
+    for success, runs in sorted(others.items()):
+        text += f" ({success:.0%} for the base of {', '.join(sorted(runs))}, retrained elsewhere)"
+    return text
+
+
 def _verdict(results: list[dict[str, Any]]) -> str:
     """The issue's target on one task: DSRL-NA's median success at 100k env steps >= 90%, and
     its median ahead of SAC from scratch's at every evaluation (10k, 20k, ..., 100k)."""
@@ -386,7 +397,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         notes.append(
             f"{task_dir.name}: demonstrations {first['demo_success']:.0%} successful "
             f"(expert noise {first['demo_noise']}); base diffusion policy "
-            f"{first['base_success']:.0%}; {_verdict(results)}"
+            f"{_base_success(results)}; {_verdict(results)}"
         )
         plot_curves(
             RESULTS / f"{task_dir.name}.png",
@@ -430,6 +441,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 
 def cmd_latency(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
+    load = os.getloadavg()[0]  # the other jobs the machine ran while measuring
     rows = []
     for name, cfg, obs_dim, action_dim in (
         ("U-Net (algo=diffusion), To 2, Tp 16", DiffusionConfig(), 24, 4),
@@ -462,9 +474,9 @@ def cmd_latency(args: argparse.Namespace) -> None:
                 rows,
             ),
             "",
-            "Batch 1, 1 torch thread, median of 20 calls after a warm-up (measured while another "
-            "job ran on the second core). Steering adds one noise-actor forward "
-            "(3x256 MLP) per chunk; the base sampler dominates.",
+            f"Batch 1, 1 torch thread, median of 20 calls after a warm-up (load average "
+            f"{load:.1f} on {os.cpu_count()} cores when it started). Steering adds one "
+            "noise-actor forward (3x256 MLP) per chunk; the base sampler dominates.",
         ]
     )
     write_section("dsrl-latency", "Diffusion policy inference latency per chunk (CPU)", body)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -123,7 +126,7 @@ def test_chunked_env_spaces_and_step_accounting(fork_base):
     assert obs.shape == (2,) and obs.dtype == np.float32
     left = np.tile([-1.0, 0.0], 4).astype(np.float32)
     obs, reward, terminated, truncated, info = env.step(left)
-    assert info["env_steps"] == 4 and reward == -4.0  # sparse: -1 per step without success
+    assert info["env_steps"] == 4 and reward == -4.0  # ForkEnv's own reward: -1 per step
     obs, reward, terminated, truncated, info = env.step(left)
     # The time limit falls mid-chunk: the chunk stops there, as truncation, not termination.
     assert info["env_steps"] == 2 and truncated and not terminated
@@ -131,7 +134,7 @@ def test_chunked_env_spaces_and_step_accounting(fork_base):
 
 def test_chunked_env_sparse_reward_is_zero_from_success_on(fork_base):
     base, _ = fork_base
-    env = ChunkedEnv(ForkEnv(), base)
+    env = ChunkedEnv(ForkEnv(), base, reward="sparse")
     env.reset(seed=0)
     right = np.tile([1.0, 0.0], 4).astype(np.float32)
     env.step(right)
@@ -140,19 +143,81 @@ def test_chunked_env_sparse_reward_is_zero_from_success_on(fork_base):
     assert reward == -(info["env_steps"] - 1)  # -1 per step before success, 0 on it
 
 
-def test_noise_action_env_decodes_with_the_base(fork_base):
-    base, _ = fork_base
+@pytest.fixture(scope="module")
+def long_horizon_base(fork_base, tmp_path_factory) -> DiffusionPolicy:
+    """A briefly trained base that predicts 8 steps and runs 4: its noise is not chunk-sized."""
+    _, store = fork_base
+    cfg = DiffusionConfig(
+        denoiser="mlp",
+        obs_steps=1,
+        horizon=8,
+        action_steps=4,
+        mlp_hidden=(32, 32),
+        step_embed_dim=16,
+        steps=20,
+        val_ratio=0.0,
+        checkpoint_every=20,
+    )
+    run_dir = tmp_path_factory.mktemp("long_horizon")
+    return train_diffusion(store.load(), store.episode_ends, ["obs"], cfg, run_dir, progress=False)
+
+
+def test_noise_action_env_decodes_with_the_base(long_horizon_base):
+    base = long_horizon_base
     venv = NoiseActionVecEnv(make_chunked_vec_env(ForkEnv, base, n_envs=2), base, 1.5)
-    assert venv.action_space.shape == (4 * 2,)
+    assert venv.action_space.shape == (8 * 2,)  # noise over the whole prediction horizon
     assert np.allclose(venv.action_space.high, 1.5)
-    obs = venv.reset()
-    noise = np.random.default_rng(0).uniform(-1.5, 1.5, (2, 8)).astype(np.float32)
-    expected = base.decode(torch.as_tensor(obs), torch.as_tensor(noise).reshape(2, 4, 2))
-    _, _, _, infos = venv.step(noise)
+    cond = venv.reset()
+    starts = np.array([chunked.env.pos for chunked in venv.venv.envs])
+    noise = np.random.default_rng(0).uniform(-1.5, 1.5, (2, 16)).astype(np.float32)
+    with torch.no_grad():
+        chunks = base.decode(torch.as_tensor(cond), torch.as_tensor(noise).reshape(2, 8, 2))
+    assert chunks.shape == (2, 4, 2)
+    _, _, dones, infos = venv.step(noise)
+    assert not dones.any()  # 4 steps of 0.1 cannot reach the goal: no autoreset moved them
     assert all(info["env_steps"] == 4 for info in infos)
-    # The first env's new position is the start plus the decoded chunk's displacement.
-    assert expected.shape == (2, 4, 2)
+    # Each env moved by exactly the chunk its noise decodes into (ForkEnv: 0.1 x action).
+    moved = np.array([chunked.env.pos for chunked in venv.venv.envs]) - starts
+    np.testing.assert_allclose(moved, 0.1 * chunks.numpy().sum(1), atol=1e-5)
     venv.close()
+
+
+class CountingForkEnv(ForkEnv):
+    """ForkEnv that counts the env steps taken by all its instances."""
+
+    steps = 0
+
+    def step(self, action):
+        CountingForkEnv.steps += 1
+        return super().step(action)
+
+
+def test_training_counts_env_steps_and_stores_time_limits_as_timeouts(fork_base, tmp_path):
+    from stable_baselines3.common.save_util import load_from_pkl
+
+    from robolearn.algos.dsrl.train import BUFFER_FILE, PROGRESS_FILE
+
+    base, _ = fork_base
+    # The warm-up is configured in env steps and counted by SB3 in chunks of Ta = 4.
+    cfg = DSRLConfig(n_envs=2, net_arch=(32, 32), warmup_env_steps=10, reward="sparse")
+    assert build_learner(cfg, base, ForkEnv, seed=0).learning_starts == 3
+    # A run inside its warm-up: the base's own noise, no updates, then a checkpoint.
+    cfg = dataclasses.replace(cfg, env_steps=200, warmup_env_steps=10_000)
+    CountingForkEnv.steps = 0
+    train_dsrl(base, CountingForkEnv, cfg, tmp_path, lambda policy: 0.0, progress=False)
+    latest = tmp_path / "checkpoints" / "latest"
+    progress = json.loads((latest / PROGRESS_FILE).read_text())
+    assert progress["env_steps"] == CountingForkEnv.steps >= 200
+    buffer = load_from_pkl(latest / BUFFER_FILE)
+    n = buffer.size()
+    dones, timeouts = buffer.dones[:n].ravel(), buffer.timeouts[:n].ravel()
+    rewards = buffer.rewards[:n].ravel()
+    # A failed episode ends at ForkEnv's 12-step limit on a whole chunk (sparse reward -4) and
+    # must be stored as a timeout, so that TD still bootstraps from its last state; a success
+    # (reward > -4 on its last chunk) is a true termination.
+    truncated, succeeded = (dones == 1) & (rewards == -4), (dones == 1) & (rewards > -4)
+    assert truncated.any() and succeeded.any()
+    assert (timeouts[truncated] == 1).all() and (timeouts[succeeded] == 0).all()
 
 
 def test_dsrl_na_rejects_an_env_without_chunk_actions(fork_base):
@@ -166,7 +231,7 @@ def test_demonstrations_fill_the_replay_buffer(fork_base, variant):
     base, store = fork_base
     cfg = DSRLConfig(variant=variant, n_envs=2, warmup_env_steps=0, noise_bound=1.5)
     model = build_learner(cfg, base, ForkEnv, seed=0)
-    added = add_demonstrations(model, store, base)
+    added = add_demonstrations(model, store, base, reward="sparse")
     buffer = model.replay_buffer
     assert added.chunks > 0 and buffer.size() * 2 == added.chunks
     rewards = buffer.rewards[: buffer.size()].ravel()

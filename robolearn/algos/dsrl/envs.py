@@ -35,13 +35,14 @@ class ChunkedEnv(gym.Env):
     Args:
         env: The robolearn env (with its time limit), observations as the base policy expects.
         base: The frozen diffusion policy; its conditioning is this env's observation.
-        reward: ``"sparse"`` gives -1 per env step until success and 0 on success (the
-            robomimic convention DSRL uses); ``"env"`` sums the env's own reward.
+        reward: ``"env"`` sums the env's own reward; ``"sparse"`` gives -1 per env step until
+            success and 0 on success (the robomimic convention DSRL uses), for envs that only
+            report success.
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, env: gym.Env, base: DiffusionPolicy, reward: str = "sparse") -> None:
+    def __init__(self, env: gym.Env, base: DiffusionPolicy, reward: str = "env") -> None:
         if reward not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
         self.env = env
@@ -125,7 +126,7 @@ def make_chunked_vec_env(
     make_env: Callable[[], gym.Env],
     base: DiffusionPolicy,
     n_envs: int,
-    reward: str = "sparse",
+    reward: str = "env",
     seed: int = 0,
 ) -> VecEnv:
     """``n_envs`` ChunkedEnvs in one process (SB3 DummyVecEnv), seeded ``seed, seed+1, ...``."""

@@ -61,17 +61,18 @@ class DSRLConfig:
     net_arch: Sequence[int] = (256, 256, 256)
     activation: str = "Tanh"
     layer_norm: bool = True
-    # Upstream SAC-style: an entropy bonus with a learned coefficient starting at 1. Under the
-    # sparse -1 per step reward that bonus pays the actor to make episodes longer, and on arm
-    # push DSRL-NA's success collapsed with it (BENCHMARKS.md, "dsrl" ablations). The default
-    # regularises towards the base policy's own noise instead (noise_prior: a KL to N(0, I),
-    # see DSRLActor) with a fixed coefficient; ent_coef "auto"/"auto_<init>" needs
-    # noise_prior=false.
-    ent_coef: str | float = 0.1
+    # Upstream SAC-style: an entropy bonus with a learned coefficient (here starting at 0.05),
+    # on the env's own reward: the settings of every benchmark run (BENCHMARKS.md, "dsrl").
+    # For an env that only reports success, reward "sparse" gives -1 per step until success;
+    # under it an entropy bonus pays the actor to make episodes longer, and on arm push
+    # DSRL-NA's success collapsed with it (the "dsrl" ablations). Pair it with noise_prior,
+    # which regularises towards the base policy's own noise instead (a KL to N(0, I), see
+    # DSRLActor) with a fixed weight ent_coef; "auto"/"auto_<init>" needs noise_prior=false.
+    ent_coef: str | float = "auto_0.05"
     target_entropy: float = 0.0
-    noise_prior: bool = True
+    noise_prior: bool = False
     warmup_env_steps: int = 5000
-    reward: str = "sparse"
+    reward: str = "env"
     # The returned / saved steered policy samples its noise from the actor (else: the mean).
     stochastic: bool = False
     eval_every: int = 10_000
@@ -167,7 +168,7 @@ class DemoSummary(NamedTuple):
 
 
 def add_demonstrations(
-    model: DSRLNA | DSRLSAC, store: EpisodeStore, base: DiffusionPolicy, reward: str = "sparse"
+    model: DSRLNA | DSRLSAC, store: EpisodeStore, base: DiffusionPolicy, reward: str = "env"
 ) -> DemoSummary:
     """Put demonstration chunks into either learner's replay buffer.
 
@@ -313,7 +314,8 @@ class _Run:
         policy = policies[self.cfg.stochastic]
         if self.train_success:
             scalars["train/success"] = float(np.mean(self.train_success[-50:]))
-        for name in ("ent_coef", "actor_loss", "critic_loss", "action_critic_loss"):
+        names = ("ent_coef", "actor_loss", "critic_loss", "action_critic_loss", "noise_critic_loss")
+        for name in names:
             value = model.logger.name_to_value.get(f"train/{name}")
             if value is not None:
                 scalars[f"train/{name}"] = float(value)
