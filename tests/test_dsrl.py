@@ -79,28 +79,31 @@ def fork_demos(path, episodes: int = 60, good_fraction: float = 0.5) -> EpisodeS
     return store
 
 
+#: The fork base's training settings: 1-frame MLP, 4-step chunks (DSRL's base shape).
+FORK_BASE = DiffusionConfig(
+    denoiser="mlp",
+    obs_steps=1,
+    horizon=4,
+    action_steps=4,
+    mlp_hidden=(128, 128),
+    step_embed_dim=32,
+    steps=1500,
+    batch_size=128,
+    lr=1e-3,
+    warmup_steps=50,
+    val_ratio=0.0,
+    log_every=500,
+    checkpoint_every=1500,
+)
+
+
 @pytest.fixture(scope="module")
 def fork_base(tmp_path_factory) -> tuple[DiffusionPolicy, EpisodeStore]:
     """A diffusion policy that reproduces the fork: mostly left, sometimes right."""
     tmp = tmp_path_factory.mktemp("fork")
     store = fork_demos(tmp / "demos.zarr")
-    cfg = DiffusionConfig(
-        denoiser="mlp",
-        obs_steps=1,
-        horizon=4,
-        action_steps=4,
-        mlp_hidden=(128, 128),
-        step_embed_dim=32,
-        steps=1500,
-        batch_size=128,
-        lr=1e-3,
-        warmup_steps=50,
-        val_ratio=0.0,
-        log_every=500,
-        checkpoint_every=1500,
-    )
     policy = train_diffusion(
-        store.load(), store.episode_ends, ["obs"], cfg, tmp / "run", progress=False
+        store.load(), store.episode_ends, ["obs"], FORK_BASE, tmp / "run", progress=False
     )
     return policy, store
 
@@ -147,17 +150,7 @@ def test_chunked_env_sparse_reward_is_zero_from_success_on(fork_base):
 def long_horizon_base(fork_base, tmp_path_factory) -> DiffusionPolicy:
     """A briefly trained base that predicts 8 steps and runs 4: its noise is not chunk-sized."""
     _, store = fork_base
-    cfg = DiffusionConfig(
-        denoiser="mlp",
-        obs_steps=1,
-        horizon=8,
-        action_steps=4,
-        mlp_hidden=(32, 32),
-        step_embed_dim=16,
-        steps=20,
-        val_ratio=0.0,
-        checkpoint_every=20,
-    )
+    cfg = dataclasses.replace(FORK_BASE, horizon=8, steps=20, checkpoint_every=20)
     run_dir = tmp_path_factory.mktemp("long_horizon")
     return train_diffusion(store.load(), store.episode_ends, ["obs"], cfg, run_dir, progress=False)
 
