@@ -67,8 +67,9 @@ from sims.noisy_expert import NoisyExpert  # noqa: E402
 #: gym id -> Meta-World task name.
 ENV_TASKS = dict(METAWORLD_ENVS)
 
-#: Per task, the noise level that gives imperfect demonstrations (about 30-60% success; see the
-#: table in the module docstring).
+#: Per task, the noise level that gives imperfect demonstrations (about 30-60% of them succeed;
+#: see the table in the module docstring). The DSRL benchmark sets its own levels, chosen for the
+#: success of the base policy trained on them (20-60%; ``TASKS`` in benchmarks/bench_dsrl.py).
 IMPERFECT_NOISE: dict[str, float] = {
     "push-v3": 0.275,
     "door-open-v3": 1.0,
