@@ -15,6 +15,22 @@ from robolearn.policy import Policy  # noqa: E402
 
 torch.set_num_threads(1)
 
+#: A tiny 1-frame MLP diffusion policy with 4-step chunks (DSRL's base shape), as keyword
+#: arguments of DiffusionConfig: the diffusion and DSRL tests train their toy policies with it.
+TINY_DIFFUSION = dict(
+    denoiser="mlp",
+    obs_steps=1,
+    horizon=4,
+    action_steps=4,
+    mlp_hidden=(128, 128),
+    step_embed_dim=32,
+    batch_size=128,
+    lr=1e-3,
+    warmup_steps=50,
+    val_ratio=0.1,
+    log_every=100,
+)
+
 
 class PointEnv(gym.Env):
     """A point on a plane that must reach a goal: dict observations, [-1, 1] actions, success."""

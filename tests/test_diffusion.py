@@ -15,20 +15,7 @@ from robolearn.algos.diffusion import (
 )
 from robolearn.policy import load_policy
 from robolearn.training import EMA
-
-TINY = dict(
-    denoiser="mlp",
-    obs_steps=1,
-    horizon=4,
-    action_steps=4,
-    mlp_hidden=(128, 128),
-    step_embed_dim=32,
-    batch_size=128,
-    lr=1e-3,
-    warmup_steps=50,
-    val_ratio=0.1,
-    log_every=100,
-)
+from tests.conftest import TINY_DIFFUSION as TINY
 
 
 def bimodal_data(episodes: int = 200, length: int = 10, seed: int = 0):

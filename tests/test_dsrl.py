@@ -30,6 +30,7 @@ from robolearn.algos.dsrl.train import (
 from robolearn.data.store import EpisodeStore
 from robolearn.policy import load_policy
 from robolearn.rollout import rollout
+from tests.conftest import TINY_DIFFUSION
 
 GOAL = np.array([0.6, 0.0])
 
@@ -81,19 +82,7 @@ def fork_demos(path, episodes: int = 60, good_fraction: float = 0.5) -> EpisodeS
 
 #: The fork base's training settings: 1-frame MLP, 4-step chunks (DSRL's base shape).
 FORK_BASE = DiffusionConfig(
-    denoiser="mlp",
-    obs_steps=1,
-    horizon=4,
-    action_steps=4,
-    mlp_hidden=(128, 128),
-    step_embed_dim=32,
-    steps=1500,
-    batch_size=128,
-    lr=1e-3,
-    warmup_steps=50,
-    val_ratio=0.0,
-    log_every=500,
-    checkpoint_every=1500,
+    **{**TINY_DIFFUSION, "val_ratio": 0.0, "log_every": 500}, steps=1500, checkpoint_every=1500
 )
 
 
