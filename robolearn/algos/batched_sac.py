@@ -15,12 +15,15 @@ The training loop (logging, checkpoints, resume, reward curriculum) is
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
 import torch
 from torch import nn
 
+from robolearn.cuda_graph import GraphedFunction
 from robolearn.nets.batched import BatchedMLP
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -162,6 +165,7 @@ class BatchedSAC(nn.Module):
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, fused=True)
         self.critic_opt = torch.optim.Adam(self.critics.parameters(), lr=cfg.critic_lr, fused=True)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=True)
+        self._graphed_updates: dict[bool, GraphedFunction] = {}
 
     @torch.no_grad()
     def bias_actor(self, action: torch.Tensor, weight_scale: float = 0.1) -> None:
@@ -183,10 +187,12 @@ class BatchedSAC(nn.Module):
         std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
         pre_tanh = mean + std * torch.randn_like(mean)
         action = torch.tanh(pre_tanh)
-        log_prob = torch.distributions.Normal(mean, std).log_prob(pre_tanh)
+        # Unvalidated: validating the arguments synchronises with the host, which a CUDA graph
+        # (robolearn.cuda_graph) cannot hold.
+        log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(pre_tanh)
         # Change of variables through tanh (the numerically stable form of log(1 - tanh(u)^2)).
         log_prob = log_prob - 2.0 * (
-            torch.log(torch.tensor(2.0)) - pre_tanh - nn.functional.softplus(-2.0 * pre_tanh)
+            math.log(2.0) - pre_tanh - nn.functional.softplus(-2.0 * pre_tanh)
         )
         return action, log_prob.sum(-1, keepdim=True)
 
@@ -211,35 +217,59 @@ class BatchedSAC(nn.Module):
         q = critics(x.repeat(2, 1, 1))
         return q[: self.n], q[self.n :]
 
-    def update(self, batch: dict[str, torch.Tensor], update_actor: bool) -> dict[str, float]:
-        """One gradient step of every agent's critics (and actor and alpha if ``update_actor``)."""
+    def update(self, batch: dict[str, torch.Tensor], update_actor: bool) -> dict[str, torch.Tensor]:
+        """One gradient step of every agent's critics (and actor and alpha if ``update_actor``).
+
+        Returns the critic loss (and actor loss and temperature), means over agents, as 0-d
+        tensors: a caller that logs them now and then does not wait for the device every step.
+        On a GPU the step replays as a CUDA graph (``robolearn.cuda_graph``).
+        """
+        if update_actor not in self._graphed_updates:
+            if self.log_alpha.is_cuda:
+                # Adam keeps its step count on the device, where a replayed graph advances it.
+                for opt in (self.actor_opt, self.critic_opt, self.alpha_opt):
+                    for group in opt.param_groups:
+                        group["capturable"] = True
+            self._graphed_updates[update_actor] = GraphedFunction(
+                functools.partial(self._update, update_actor=update_actor)
+            )
+        keys = ("obs", "action", "reward", "next_obs", "terminated")
+        return self._graphed_updates[update_actor](*(batch[k] for k in keys))
+
+    def _update(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        next_obs: torch.Tensor,
+        terminated: torch.Tensor,
+        update_actor: bool,
+    ) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        batch = batch | {k: batch[k] / self.obs_scale for k in ("obs", "next_obs")}
+        obs, next_obs = obs / self.obs_scale, next_obs / self.obs_scale
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
-            next_action, next_log_prob = self.sample_action(batch["next_obs"])
+            next_action, next_log_prob = self.sample_action(next_obs)
             next_q = torch.min(
-                *self.twin_q(self.critics_target, torch.cat([batch["next_obs"], next_action], -1))
+                *self.twin_q(self.critics_target, torch.cat([next_obs, next_action], -1))
             )
             # Bootstrap unless the episode really terminated (a time limit is not a terminal).
-            target = batch["reward"] + cfg.gamma * (1.0 - batch["terminated"]) * (
-                next_q - alpha * next_log_prob
-            )
-        q1, q2 = self.twin_q(self.critics, torch.cat([batch["obs"], batch["action"]], -1))
+            target = reward + cfg.gamma * (1.0 - terminated) * (next_q - alpha * next_log_prob)
+        q1, q2 = self.twin_q(self.critics, torch.cat([obs, action], -1))
         # Mean over each agent's batch, sum over agents: every agent gets its own loss's gradient.
         critic_loss = ((q1 - target) ** 2 + (q2 - target) ** 2).mean(1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
-        metrics = {"critic_loss": critic_loss.item() / self.n}
+        metrics = {"critic_loss": critic_loss.detach() / self.n}
 
         if update_actor:
-            action, log_prob = self.sample_action(batch["obs"])
+            new_action, log_prob = self.sample_action(obs)
             # The actor's gradient flows through the critics' inputs only: frozen, they skip
             # computing weight gradients that no optimizer step would use.
             self.critics.requires_grad_(False)
             try:
-                q = torch.min(*self.twin_q(self.critics, torch.cat([batch["obs"], action], -1)))
+                q = torch.min(*self.twin_q(self.critics, torch.cat([obs, new_action], -1)))
             finally:
                 self.critics.requires_grad_(True)
             actor_loss = (alpha * log_prob - q).mean(1).sum()
@@ -251,8 +281,8 @@ class BatchedSAC(nn.Module):
             alpha_loss.backward()
             self.alpha_opt.step()
             metrics |= {
-                "actor_loss": actor_loss.item() / self.n,
-                "alpha": self.log_alpha.exp().mean().item(),
+                "actor_loss": actor_loss.detach() / self.n,
+                "alpha": self.log_alpha.detach().exp().mean(),
             }
 
         with torch.no_grad():

@@ -84,8 +84,8 @@ def teacher_reward(
     d_action: torch.Tensor,
     max_position: torch.Tensor,
     terminate_on_velocity: bool,
-    orientation_weight: float = ORIENTATION_WEIGHT,
-    action_change_weight: float = ACTION_CHANGE_WEIGHT,
+    orientation_weight: float | torch.Tensor = ORIENTATION_WEIGHT,
+    action_change_weight: float | torch.Tensor = ACTION_CHANGE_WEIGHT,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RAPTOR's teacher-MDP reward and termination ``(N,)`` after a step.
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from robolearn.cuda_graph import GraphedFunction
 from robolearn.robots.quadrotor import (
     CLIP_POSITION,
     CLIP_VELOCITY,
@@ -98,6 +99,8 @@ class QuadrotorTorchEnv:
         self.force = torch.zeros(n, 3, device=self.device)
         self.prev_action = torch.zeros(n, 4, device=self.device)
         self.steps = torch.zeros(n, dtype=torch.long, device=self.device)
+        # The step's few hundred small kernels cost more to launch than to run on a GPU.
+        self._graphed_advance = GraphedFunction(self._advance)
 
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(*shape, device=self.device, generator=self.generator)
@@ -147,16 +150,20 @@ class QuadrotorTorchEnv:
 
     def observe(self) -> torch.Tensor:
         """Teacher observations ``(N, 26)`` of the current state (errors unclipped)."""
+        return self._observe(self.state, self.prev_action)
+
+    @staticmethod
+    def _observe(state: torch.Tensor, prev_action: torch.Tensor) -> torch.Tensor:
         obs = raptor_observation(
-            self.state[:, POSITION],
-            quaternion_to_rotation(self.state[:, QUATERNION]),
-            self.state[:, VELOCITY],
-            self.state[:, OMEGA],
-            self.prev_action,
+            state[:, POSITION],
+            quaternion_to_rotation(state[:, QUATERNION]),
+            state[:, VELOCITY],
+            state[:, OMEGA],
+            prev_action,
             clip_position=None,
             clip_velocity=None,
         )
-        return torch.cat((obs, self.state[:, MOTORS]), 1)
+        return torch.cat((obs, state[:, MOTORS]), 1)
 
     def student_observation(self) -> torch.Tensor:
         """The deployed student's 22-D RAPTOR input ``(N, 22)`` of the current state: errors
@@ -215,21 +222,45 @@ class QuadrotorTorchEnv:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Apply actions ``(N, 4)`` (clamped to [-1, 1] for the motors); return the teacher
         observations ``(N, 26)``, rewards ``(N,)``, terminated and truncated ``(N,)`` bools."""
-        action = action.to(self.device, torch.float32)
-        clipped = action.clamp(-1.0, 1.0)
-        d_action = (clipped - self.prev_action.clamp(-1.0, 1.0)).norm(dim=1)
-        self.state = self.dynamics.step(self.state, clipped, self.force)
-        self.prev_action = action.clone()
-        self.steps = self.steps + 1
-
-        reward, terminated = teacher_reward(
+        # The reward weights travel as a tensor: a curriculum that changes them every step then
+        # replays the same CUDA graph.
+        weights = torch.tensor(
+            (self.orientation_weight, self.action_change_weight), device=self.device
+        )
+        outputs = self._graphed_advance(
             self.state,
-            self.state[:, POSITION],
+            action.to(self.device, torch.float32),
+            self.prev_action,
+            self.force,
+            self.steps,
+            weights,
+        )
+        self.state, self.prev_action, self.steps = outputs[:3]
+        return outputs[3:]
+
+    def _advance(
+        self,
+        state: torch.Tensor,
+        action: torch.Tensor,
+        prev_action: torch.Tensor,
+        force: torch.Tensor,
+        steps: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """One step as a function of tensors alone: what a GPU replays as one CUDA graph."""
+        clipped = action.clamp(-1.0, 1.0)
+        d_action = (clipped - prev_action.clamp(-1.0, 1.0)).norm(dim=1)
+        state = self.dynamics.step(state, clipped, force)
+        steps = steps + 1
+        reward, terminated = teacher_reward(
+            state,
+            state[:, POSITION],
             d_action,
             self._max_position,
             self.terminate_on_velocity,
-            self.orientation_weight,
-            self.action_change_weight,
+            weights[0],
+            weights[1],
         )
-        truncated = self.steps >= self.max_episode_steps
-        return self.observe(), reward, terminated, truncated
+        truncated = steps >= self.max_episode_steps
+        obs = self._observe(state, action)
+        return state, action.clone(), steps, obs, reward, terminated, truncated

@@ -538,7 +538,7 @@ def train_teachers(
     try:
         episode_return = torch.zeros(n, device=dev)
         episode_steps = torch.zeros(n, dtype=torch.long, device=dev)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, torch.Tensor] = {}
         obs = env.reset()
         bar = progress_bar(cfg.steps, f"RAPTOR teachers x{n}", progress, initial=start)
         clock, clock_step = time.perf_counter(), start
@@ -571,10 +571,10 @@ def train_teachers(
             if shared is not None and step >= sac.warmup_steps and replay.size >= sac.batch_size:
                 for k in range(cfg.shared_updates):
                     batch = replay.sample(sac.batch_size, generator=sampler)
-                    metrics = agents.update(batch, k % sac.actor_every == 0)
+                    metrics |= agents.update(batch, k % sac.actor_every == 0)
             elif shared is None and update_due(sac, step, replay.size):
                 batch = replay.sample(sac.batch_size, generator=sampler)
-                metrics = agents.update(batch, actor_due(sac, step))
+                metrics |= agents.update(batch, actor_due(sac, step))
             bar.update(1)
             done_steps = step + 1
             if best is not None:
@@ -589,7 +589,9 @@ def train_teachers(
             if log is not None and (done_steps % cfg.log_every == 0 or done_steps == cfg.steps):
                 now = time.perf_counter()
                 returns = recent.nanmean(dim=1)
-                scalars = _quantile_scalars(returns) | {f"train/{k}": v for k, v in metrics.items()}
+                scalars = _quantile_scalars(returns) | {
+                    f"train/{k}": float(v) for k, v in metrics.items()
+                }
                 scalars["train/teacher_steps_per_s"] = n * (done_steps - clock_step) / (now - clock)
                 scalars |= {f"teacher_return/{i:04d}": r for i, r in enumerate(returns.tolist())}
                 log.log(done_steps, **scalars)
