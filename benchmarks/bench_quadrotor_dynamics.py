@@ -1,8 +1,9 @@
 """Quadrotor dynamics throughput: our batched torch RK4 vs the L2F simulator's batched step.
 
 Quadrotor-steps per second (one vehicle advanced by one 10 ms control step) at batch sizes 1,
-1000 and 100,000, ours on CPU (and CUDA when present) in float32, L2F's C++ ``vectorN.step``
-(float32) at the same sizes, timed in interleaved rounds in one run; medians over the rounds.
+1000 and 100,000, ours on CPU (and on CUDA when present, eager and as a CUDA graph) in float32,
+L2F's C++ ``vectorN.step`` (float32) at the same sizes, timed in interleaved rounds in one run;
+medians over the rounds.
 L2F ships fixed batch sizes (``vector1`` ... ``vector8192``): 1000 runs ``vector1024`` and
 100,000 calls ``vector8192`` 13 times (106,496 vehicles); rates count the vehicles stepped.
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from benchmarks.report import table, write_section
+from robolearn.cuda_graph import GraphedFunction
 from sims.quadrotor.dynamics import MOTORS, QuadrotorDynamics, initial_state
 from sims.quadrotor.params import sample_params
 
@@ -33,10 +35,12 @@ def _steps_for(batch: int) -> int:
     return max(3, 100_000 // batch) if batch > 1 else 300
 
 
-def ours(batch: int, device: str) -> tuple[Callable[[], None], int]:
-    """A callable stepping ``batch`` sampled vehicles ``steps`` times, and the vehicle count."""
+def ours(batch: int, device: str, graphed: bool = False) -> tuple[Callable[[], None], int]:
+    """A callable stepping ``batch`` sampled vehicles ``steps`` times, and the vehicle count;
+    ``graphed``: each step replayed as a CUDA graph, as ``QuadrotorTorchEnv`` does on a GPU."""
     params = sample_params(batch, seed=0, device=device)
     dynamics = QuadrotorDynamics(params)
+    step = GraphedFunction(dynamics.step) if graphed else dynamics.step
     state = initial_state(batch, device=device)
     state[:, MOTORS] = params.hover_command()
     action = 2 * params.hover_command() - 1
@@ -44,9 +48,9 @@ def ours(batch: int, device: str) -> tuple[Callable[[], None], int]:
 
     def run() -> None:
         nonlocal state
-        with torch.inference_mode():
+        with torch.no_grad() if graphed else torch.inference_mode():
             for _ in range(steps):
-                state = dynamics.step(state, action)
+                state = step(state, action)
         if device == "cuda":
             torch.cuda.synchronize()
 
@@ -102,6 +106,8 @@ def main() -> None:
     rows = []
     for batch in BATCHES:
         runners = {f"ours ({d})": ours(batch, d) for d in devices}
+        if "cuda" in devices:
+            runners["ours (cuda graph)"] = ours(batch, "cuda", graphed=True)
         runners["l2f"] = l2f_runner(batch)
         steps = _steps_for(batch)
         for fn, _ in runners.values():  # warm-up
