@@ -24,8 +24,9 @@ class GraphedFunction:
 
     ``fn`` must only launch kernels: no host synchronisation (``.item()``, ``bool(tensor)``, data
     dependent shapes) and no CPU tensors. Tensors it reads other than its arguments (weights,
-    cached constants) are captured by address: update them in place, or call :meth:`reset`
-    after replacing them. Random draws from the default CUDA generator differ on every replay.
+    cached constants) are captured by address, and Python values it reads (flags, sizes) by
+    value: update tensors in place, or call :meth:`reset` after replacing them or changing such
+    a value. Random draws from the default CUDA generator differ on every replay.
     Off CUDA, calls run ``fn`` eagerly.
 
     Args:

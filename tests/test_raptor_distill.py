@@ -26,6 +26,7 @@ class ToyFleet:
         self.generator = torch.Generator().manual_seed(0)
         self.x = torch.zeros(n)
         self.prev = torch.zeros(n)
+        self.force = torch.zeros(self.num_envs, 3)  # no disturbance (PushedFleet has one)
 
     def reset(self, mask=None):
         self.x = torch.rand(self.num_envs, generator=self.generator) * 2 - 1
@@ -46,6 +47,22 @@ class ToyFleet:
         self.prev = action[:, 0]
         done = torch.zeros(self.num_envs, dtype=torch.bool)
         return self._teacher_obs(), 1 - self.x.abs(), done, done
+
+
+class PushedFleet(ToyFleet):
+    """ToyFleet with a constant push along x per episode, ``force[:, 0]`` in (-0.4, 0.4), which
+    the weakest vehicle can still hold against: a dead-beat teacher then hovers ``0.2 * force``
+    from where it would."""
+
+    def reset(self, mask=None):
+        obs = super().reset(mask)
+        self.force = torch.zeros(self.num_envs, 3)
+        self.force[:, 0] = (torch.rand(self.num_envs, generator=self.generator) * 2 - 1) * 0.4
+        return obs
+
+    def step(self, action):
+        self.x = self.x + 0.2 * self.force[:, 0]
+        return super().step(action)
 
 
 class ToyTeachers:
@@ -264,10 +281,40 @@ class OffsetTeachers(ToyTeachers):
 def test_steady_state_offsets_find_where_teachers_hover():
     offset = torch.linspace(0.1, 0.3, 8)
     measured = steady_state_offsets(ToyFleet(), OffsetTeachers(offset), episodes=2, steps=40)
-    torch.testing.assert_close(measured[:, 0], offset, atol=1e-4, rtol=0)
-    assert measured[:, 1:].abs().max() == 0
+    torch.testing.assert_close(measured.intercept[:, 0], offset, atol=1e-4, rtol=0)
+    assert measured.intercept[:, 1:].abs().max() == 0 and measured.slope.abs().max() == 0
     side_by_side = steady_state_offsets(ToyFleet(k=2), OffsetTeachers(offset), 2, steps=40)
-    torch.testing.assert_close(side_by_side, measured, atol=1e-4, rtol=0)
+    torch.testing.assert_close(side_by_side.intercept, measured.intercept, atol=1e-4, rtol=0)
+
+
+def test_steady_state_offsets_can_follow_the_disturbance_force():
+    offset = torch.linspace(0.1, 0.3, 8)
+    fitted = steady_state_offsets(PushedFleet(k=2), OffsetTeachers(offset), 6, 40, True)
+    torch.testing.assert_close(fitted.intercept[:, 0], offset, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fitted.slope[:, 0], torch.full((8,), 0.2), atol=1e-4, rtol=0)
+    assert fitted.slope[:, 1:].abs().max() == 0  # no force on those axes: no line to fit
+    # RAPTOR's correction, the mean alone, keeps the mean push of the episodes it saw.
+    mean = steady_state_offsets(PushedFleet(k=2), OffsetTeachers(offset), 6, 40)
+    assert mean.slope.abs().max() == 0 and (mean.intercept[:, 0] - offset).abs().max() > 0.01
+
+
+def test_disturbance_correction_teaches_cancelling_the_push():
+    teachers = OffsetTeachers(torch.linspace(0.1, 0.3, 8))
+
+    def final_error(disturbance_correction: bool) -> float:
+        torch.manual_seed(0)
+        env = PushedFleet(k=4)
+        cfg = toy_config(epochs=40, disturbance_correction=disturbance_correction)
+        policy, _ = distill(env, teachers, cfg, progress=False)
+        collect(env, teachers, policy.model, steps=40)
+        return env.x.abs().mean().item()
+
+    # Under the mean correction the student hovers where the push leaves the teachers, 0.2 *
+    # |force| (0.04 on average) from the target; following the force, it learns to cancel it.
+    following, mean_only = final_error(True), final_error(False)
+    assert following < 0.5 * mean_only, (following, mean_only)
+    with pytest.raises(ValueError, match="needs distill.position_correction"):
+        toy_config(position_correction=False, disturbance_correction=True)
 
 
 def test_env_rows_must_be_a_whole_number_per_teacher():

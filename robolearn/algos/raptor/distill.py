@@ -14,7 +14,8 @@ infer the vehicle from its history. Read top to bottom:
   a crash is a state the student cannot yet recover from, the rarest and most useful data;
 * ``steady_state_offsets`` measures where each teacher really hovers: RAPTOR subtracts that
   offset from the student's position input while it learns, so the student is taught to hover
-  at the target rather than at each teacher's slightly-off point.
+  at the target rather than at each teacher's slightly-off point; ``disturbance_correction``
+  (ours) makes that offset follow each episode's disturbance force.
 
 The env is a batched torch env with ``k`` rows per teacher (``sims.quadrotor.torch_env`` over
 ``repeat_vehicles(params, k)``: row ``j`` flies teacher ``j % N``'s vehicle, so ``k`` episodes
@@ -44,6 +45,7 @@ class DistillEnv(Protocol):
 
     num_envs: int
     generator: torch.Generator  # the env's RNG (initial states), saved with a checkpoint
+    force: torch.Tensor  # (rows, 3) each row's constant disturbance force this episode
 
     def reset(self, mask: torch.Tensor | None = None) -> torch.Tensor: ...
 
@@ -81,6 +83,14 @@ class DistillConfig:
     vehicle, which its teacher recovers from, is a few of its thousands of episodes once and
     then gone; kept, the states the student cannot recover from yet weigh on until it can
     (aggregation as in DAgger, for the failures only).
+
+    ``disturbance_correction`` is ours: RAPTOR's position correction subtracts each teacher's
+    mean hover offset, but where a teacher hovers moves with the episode's constant disturbance
+    force (its scatter around the mean is ~6 cm RMS, a linear fit in the force leaves ~2.5),
+    and that part of the offset is taught to the student as it is. With it, the correction is
+    fitted per teacher and axis as ``offset = a + b * force`` over three times as many teacher
+    episodes and applied with each episode's force: the student, which cannot see the force,
+    is taught to cancel it from its history, as an integrator would.
     """
 
     epochs: int = 1000
@@ -91,6 +101,7 @@ class DistillConfig:
     lr: float = 1e-4
     lr_final: float | None = None
     position_correction: bool = True
+    disturbance_correction: bool = False
     passes: int = 1
     crash_replay: int = 0
 
@@ -108,6 +119,8 @@ class DistillConfig:
             raise ValueError(f"distill.lr={self.lr!r}: must be > 0")
         if self.lr_final is not None and not 0 < self.lr_final <= self.lr:
             raise ValueError(f"distill.lr_final={self.lr_final!r}: must be in (0, lr]")
+        if self.disturbance_correction and not self.position_correction:
+            raise ValueError("distill.disturbance_correction needs distill.position_correction")
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of ``epoch`` (0-based)."""
@@ -136,31 +149,51 @@ class Rollouts:
         return Rollouts(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
 
+@dataclasses.dataclass
+class PositionOffset:
+    """Where each teacher hovers, per axis ``intercept + slope * force``: ``(N, 3)`` each.
+
+    RAPTOR's correction is the intercept alone (slope 0); ``disturbance_correction`` fits the
+    slope too.
+    """
+
+    intercept: torch.Tensor
+    slope: torch.Tensor
+
+    def rows(self, force: torch.Tensor) -> torch.Tensor:
+        """The offset of every env row ``(rows, 3)`` (row ``j`` flies teacher ``j % N``) under
+        its disturbance ``force`` ``(rows, 3)``."""
+        k = len(force) // len(self.intercept)
+        return self.intercept.repeat(k, 1) + self.slope.repeat(k, 1) * force
+
+    def to(self, device: str | torch.device) -> PositionOffset:
+        return PositionOffset(self.intercept.to(device), self.slope.to(device))
+
+
 @torch.no_grad()
 def collect(
     env: DistillEnv,
     teachers: TeacherSet,
     student: RaptorStudent | None,
     steps: int,
-    position_offset: torch.Tensor | None = None,
+    position_offset: PositionOffset | None = None,
 ) -> Rollouts:
     """One episode per env row, flown by ``student`` (or by the teachers when None).
 
-    ``position_offset`` ``(N, 3)``, one per teacher, if given, is subtracted from the student's
-    position input (columns 0-2), in the data and in what the student flies on.
+    ``position_offset``, if given, is subtracted from the student's position input (columns
+    0-2), in the data and in what the student flies on.
     """
     n = env.num_envs
-    if position_offset is not None:
-        position_offset = position_offset.repeat(n // len(position_offset), 1)
     teacher_obs = env.reset()
+    offset = None if position_offset is None else position_offset.rows(env.force)
     hidden = student.initial_state(n) if student is not None else None
     alive = torch.ones(n, dtype=torch.bool, device=teacher_obs.device)
     returns = torch.zeros(n, device=teacher_obs.device)
     obs, labels, mask = [], [], []
     for _ in range(steps):
         student_obs = env.student_observation()
-        if position_offset is not None:
-            student_obs = torch.cat((student_obs[:, :3] - position_offset, student_obs[:, 3:]), 1)
+        if offset is not None:
+            student_obs = torch.cat((student_obs[:, :3] - offset, student_obs[:, 3:]), 1)
         label = teachers.act(teacher_obs)
         if student is None:
             action = label
@@ -185,30 +218,59 @@ def collect(
 
 @torch.no_grad()
 def steady_state_offsets(
-    env: DistillEnv, teachers: TeacherSet, episodes: int, steps: int
-) -> torch.Tensor:
-    """Each teacher's mean position ``(N, 3)`` over the second half of its episodes.
+    env: DistillEnv,
+    teachers: TeacherSet,
+    episodes: int,
+    steps: int,
+    follow_force: bool = False,
+) -> PositionOffset:
+    """Where each teacher hovers: its mean position over the second half of its episodes.
 
     RAPTOR's steady-state position correction (reference §8, steps 250-500 of 500): a teacher
     whose hover point is a few centimetres off the target would otherwise teach the student
-    that offset. Vehicles that crash contribute only their finished episodes' second halves;
-    one that never survives into a second half gets offset 0. Positions are read from the
-    student observation (columns 0-2), whose clipping is far above any hover offset.
+    that offset. With ``follow_force``, a line per teacher and axis through the episodes' mean
+    positions against their disturbance force (least squares; ``DistillConfig``'s
+    ``disturbance_correction``); otherwise their average, slope 0. Only episodes that survive
+    their second half count; a teacher with none gets offset 0 (with fewer than 3, slope 0).
+    Positions are read from the student observation (columns 0-2), whose clipping is far above
+    any hover offset.
     """
     n, k = teachers.num_teachers, rows_per_teacher(env, teachers)
     total = torch.zeros(env.num_envs, 3)
     count = torch.zeros(env.num_envs, 1)
+    episode_positions, forces, survived = [], [], []
     for _ in range(math.ceil(episodes / k)):
         teacher_obs = env.reset()
+        forces.append(env.force.cpu())
         alive = torch.ones(env.num_envs, dtype=torch.bool, device=teacher_obs.device)
+        episode_total = torch.zeros(env.num_envs, 3)
         for t in range(steps):
             if t >= steps // 2:
                 position = env.student_observation()[:, :3]
-                total += torch.where(alive[:, None], position, 0.0).cpu()
+                position = torch.where(alive[:, None], position, 0.0).cpu()
+                total += position
                 count += alive[:, None].float().cpu()
+                episode_total += position
             teacher_obs, _, terminated, _ = env.step(teachers.act(teacher_obs))
             alive &= ~terminated
-    return total.view(k, n, 3).sum(0) / count.view(k, n, 1).sum(0).clamp(min=1.0)
+        episode_positions.append(episode_total / (steps - steps // 2))
+        survived.append(alive.cpu())
+    mean = total.view(k, n, 3).sum(0) / count.view(k, n, 1).sum(0).clamp(min=1.0)
+    if not follow_force:
+        return PositionOffset(mean, torch.zeros_like(mean))
+    # (episodes of a teacher, teachers, 3): row j of a round flies teacher j % n. The line is
+    # fitted on the episodes that survived whole.
+    position, force = (torch.cat(x).view(-1, n, 3) for x in (episode_positions, forces))
+    weight = torch.cat(survived).view(-1, n, 1).float()
+    episodes_kept = weight.sum(0)
+    mean_force = (weight * force).sum(0) / episodes_kept.clamp(min=1.0)
+    mean_position = (weight * position).sum(0) / episodes_kept.clamp(min=1.0)
+    df, dp = force - mean_force, position - mean_position
+    variance = (weight * df * df).sum(0)
+    slope = (weight * df * dp).sum(0) / variance.clamp(min=1e-12)
+    slope = torch.where((episodes_kept >= 3) & (variance > 0), slope, 0.0)
+    fitted = episodes_kept >= 1
+    return PositionOffset(torch.where(fitted, mean_position - slope * mean_force, mean), slope)
 
 
 def rows_per_teacher(env: DistillEnv, teachers: TeacherSet) -> int:
@@ -371,13 +433,19 @@ def distill(
         env.generator.set_state(state["env_generator"])
         curves, best_return, best_state = state["curves"], state["best_return"], state["best"]
         offset = state["position_offset"]
+        if isinstance(offset, torch.Tensor):  # checkpoints from before the force-following fit
+            offset = PositionOffset(offset, torch.zeros_like(offset))
         # Checkpoints of runs from before crash replay and the survival curve have neither.
         crashes = state.get("crashes")
         # Older checkpoints kept only the best and the latest weights (None: not kept).
         epoch_students = state.get("epoch_students", [None] * len(curves["loss"]))
         curves.setdefault("student_survival", [math.nan] * len(curves["loss"]))
     elif cfg.position_correction:
-        offset = steady_state_offsets(env, teachers, cfg.episodes_per_teacher, cfg.episode_steps)
+        # A line per axis is two numbers where the mean is one: three times the episodes.
+        episodes = cfg.episodes_per_teacher * (3 if cfg.disturbance_correction else 1)
+        offset = steady_state_offsets(
+            env, teachers, episodes, cfg.episode_steps, cfg.disturbance_correction
+        )
     if offset is not None:
         offset = offset.to(device)
     if crashes is not None:
@@ -429,7 +497,7 @@ def distill(
                     "curves": curves,
                     "best_return": best_return,
                     "best": best_state,
-                    "position_offset": None if offset is None else offset.cpu(),
+                    "position_offset": None if offset is None else offset.to("cpu"),
                     "crashes": crashes,
                     "epoch_students": epoch_students,
                 },
