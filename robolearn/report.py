@@ -18,6 +18,11 @@ def write_video(path: Path, videos: Sequence[np.ndarray], fps: float) -> Path | 
         return None
     import imageio.v2 as imageio
 
+    try:
+        import imageio_ffmpeg  # noqa: F401 - imageio's MP4 writer; without it imageio picks another
+    except ImportError as error:
+        raise RuntimeError(f"writing {path} needs FFmpeg: pip install imageio-ffmpeg") from error
+
     gap = [np.zeros_like(videos[0][0])] * max(1, int(fps // 4))
     frames: list[np.ndarray] = []
     for i, video in enumerate(videos):
