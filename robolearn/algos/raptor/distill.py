@@ -167,6 +167,7 @@ class PositionOffset:
         return self.intercept.repeat(k, 1) + self.slope.repeat(k, 1) * force
 
     def to(self, device: str | torch.device) -> PositionOffset:
+        """The offsets on ``device``."""
         return PositionOffset(self.intercept.to(device), self.slope.to(device))
 
 
@@ -228,12 +229,13 @@ def steady_state_offsets(
 
     RAPTOR's steady-state position correction (reference §8, steps 250-500 of 500): a teacher
     whose hover point is a few centimetres off the target would otherwise teach the student
-    that offset. With ``follow_force``, a line per teacher and axis through the episodes' mean
-    positions against their disturbance force (least squares; ``DistillConfig``'s
-    ``disturbance_correction``); otherwise their average, slope 0. Only episodes that survive
-    their second half count; a teacher with none gets offset 0 (with fewer than 3, slope 0).
-    Positions are read from the student observation (columns 0-2), whose clipping is far above
-    any hover offset.
+    that offset. The mean counts the second-half steps flown before any crash; a teacher that
+    never reaches a second half gets offset 0. With ``follow_force`` (``DistillConfig``'s
+    ``disturbance_correction``), a line per teacher and axis through the mean positions of the
+    episodes that survived whole against their disturbance force (least squares; slope 0 with
+    fewer than 3 such episodes, the mean with none); otherwise the mean, slope 0. Positions are
+    read from the student observation (columns 0-2), whose clipping is far above any hover
+    offset.
     """
     n, k = teachers.num_teachers, rows_per_teacher(env, teachers)
     total = torch.zeros(env.num_envs, 3)
@@ -435,6 +437,8 @@ def distill(
         offset = state["position_offset"]
         if isinstance(offset, torch.Tensor):  # checkpoints from before the force-following fit
             offset = PositionOffset(offset, torch.zeros_like(offset))
+        elif offset is not None:
+            offset = PositionOffset(**offset)
         # Checkpoints of runs from before crash replay and the survival curve have neither.
         crashes = state.get("crashes")
         # Older checkpoints kept only the best and the latest weights (None: not kept).
@@ -497,7 +501,9 @@ def distill(
                     "curves": curves,
                     "best_return": best_return,
                     "best": best_state,
-                    "position_offset": None if offset is None else offset.to("cpu"),
+                    "position_offset": (
+                        None if offset is None else dataclasses.asdict(offset.to("cpu"))
+                    ),
                     "crashes": crashes,
                     "epoch_students": epoch_students,
                 },
