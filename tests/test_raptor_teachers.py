@@ -359,4 +359,4 @@ def test_raptor_shared_config_is_the_shared_cpu_preset():
         assert yaml[name] == expected[name], name
     assert cfg.teachers == 1000 and cfg.min_teacher_return == 300
     assert (cfg.distill.epochs, cfg.distill.lr, cfg.distill.lr_final) == (60, 1e-3, 1e-4)
-    assert cfg.distill.crash_replay == 2000
+    assert cfg.distill.crash_replay == 5000 and cfg.distill.disturbance_correction
