@@ -507,6 +507,7 @@ def raptor_config(cfg: DictConfig) -> Any:
         return RaptorConfig(
             teachers=algo["teachers"],
             vehicle_seed=algo["vehicle_seed"],
+            distill_seed=algo["distill_seed"],
             workers=algo["workers"],
             evaluation_process=algo["evaluation_process"],
             min_teacher_return=algo["min_teacher_return"],

@@ -44,6 +44,9 @@ class RaptorConfig:
 
     teachers: int = 1000
     vehicle_seed: int = 0  # vehicles come from sample_vehicles(teachers, vehicle_seed)
+    # The distillation's seed (None: the run's). Distillations of one teacher differ by a point
+    # of survival from seed to seed; this draws another without training the teachers again.
+    distill_seed: int | None = None
     workers: int = 1  # > 1: teacher training fans out over Ray tasks (a local Ray by default)
     # On a CPU, the teachers' keep-best evaluations and the student's per-epoch flights in a side
     # process beside training (the same results; on 2 cores the second one does them). On a GPU
@@ -58,6 +61,8 @@ class RaptorConfig:
         for name in ("teachers", "workers", "selection_episodes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be an integer >= 1")
+        if self.distill_seed is not None and not isinstance(self.distill_seed, int):
+            raise ValueError(f"distill_seed={self.distill_seed!r}: must be an integer or None")
         if self.workers > self.teachers:
             raise ValueError(
                 f"workers={self.workers}: more workers than teachers ({self.teachers})"
@@ -135,18 +140,19 @@ def train_raptor(
         stage_wall_s["selection"] = time.perf_counter() - clock
     kept = selection["distilled"]
     say(f"distillation: {cfg.distill.epochs} epochs over {len(kept)} vehicles")
+    distill_seed = seed if cfg.distill_seed is None else cfg.distill_seed
     side_by_side = min(cfg.distill.episodes_per_teacher, SIDE_BY_SIDE)
     rows = repeat_vehicles(params.select(kept), side_by_side)
     clock = time.perf_counter()
     student, curves = distill(
-        env_factory(rows, seed + 1, device),
+        env_factory(rows, distill_seed + 1, device),
         teachers.select(kept),
         cfg.distill,
         run_dir / "distill_training",
-        seed,
+        distill_seed,
         device,
         progress,
-        flight_env=env_factory(rows, seed + 3, device),
+        flight_env=env_factory(rows, distill_seed + 3, device),
         flight_process=side_process,
     )
     stage_wall_s["distillation"] = time.perf_counter() - clock
