@@ -23,16 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.bench_raptor_population import FIRST_SEED
+from benchmarks.bench_raptor_population import FIRST_SEED, VALIDATION_SEED
 from benchmarks.report import table, write_section
 from robolearn.algos.raptor.evaluate import Flight, fly
 from robolearn.algos.raptor.student import RaptorStudent, StudentPolicy
 from robolearn.training import Checkpointer
 
 SECTION = "raptor_epochs"
-#: First reset seed of the validation vehicles: below HELD_OUT_SEED, where the held-out vehicles
-#: start, and drawn per reset seed, while training's vehicles come from sample_params.
-VALIDATION_SEED = 5_000_000
 
 
 def flight_score(flight: Flight) -> tuple[float, float]:

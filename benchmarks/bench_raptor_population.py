@@ -10,7 +10,11 @@ statistics over survivors, and, paired with the released policy on the same vehi
 vehicles only one of the two loses (the two-sided sign-test p-value of those counts) and how far
 its median final error is from the released policy's (a 95% paired bootstrap interval).
 
-Usage: python -m benchmarks.bench_raptor_population [--vehicles N]
+It also flies ``--validation`` vehicles from ``VALIDATION_SEED``, apart from both held-out sets:
+where a choice between students is made (which one ships), so that the held-out numbers stay
+free of it.
+
+Usage: python -m benchmarks.bench_raptor_population [--vehicles N] [--validation N]
 [--policy NAME=DIR ...]   (the released and the shipped student are always flown)
 """
 
@@ -31,6 +35,9 @@ from robolearn.policy import load_policy
 SECTION = "raptor_population"
 #: The issue's benchmark flies seeds HELD_OUT_SEED .. + 299; these vehicles come after them.
 FIRST_SEED = HELD_OUT_SEED + 300
+#: First reset seed of the validation vehicles: below HELD_OUT_SEED, where the held-out vehicles
+#: start, and drawn per reset seed, while training's vehicles come from sample_params.
+VALIDATION_SEED = 5_000_000
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -70,8 +77,9 @@ def median_difference(
     return difference(np.arange(n)), float(low), float(high)
 
 
-def row(name: str, flight: Flight, released: Flight) -> list[object]:
-    """The table row of one policy's flights, paired with the released policy's."""
+def row(name: str, flight: Flight, released: Flight, validation: Flight | None) -> list[object]:
+    """The table row of one policy's flights, paired with the released policy's, and its
+    survival and median on the validation vehicles if flown."""
     n = len(flight.survived)
     low, high = wilson_interval(int(flight.survived.sum()), n)
     errors = error_stats(flight.final_errors)  # over survivors, in m
@@ -88,18 +96,30 @@ def row(name: str, flight: Flight, released: Flight) -> list[object]:
         f"{errors['p90'] * 100:.1f}",
         "—" if flight is released else paired,
         "—" if flight is released else f"{shift:+.2f} ({low_shift:+.2f} to {high_shift:+.2f})",
-    ]
+    ] + (
+        []
+        if validation is None
+        else [
+            f"{validation.survived.mean() * 100:.2f}",
+            f"{np.nanmedian(validation.final_errors) * 100:.2f}",
+        ]
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--vehicles", type=int, default=5000, help="held-out vehicles to fly")
     parser.add_argument(
+        "--validation", type=int, default=3000, help="validation vehicles to fly (0: none)"
+    )
+    parser.add_argument(
         "--policy", action="append", default=[], metavar="NAME=DIR", help="more students"
     )
     args = parser.parse_args()
     if args.vehicles < 1:
         parser.error(f"--vehicles {args.vehicles}: need at least 1")
+    if args.validation < 0:
+        parser.error(f"--validation {args.validation}: must be >= 0")
     torch.set_num_threads(1)
     specs = {"released": None, "shipped (pretrained:quadrotor)": "pretrained:quadrotor"}
     for item in args.policy:
@@ -110,14 +130,17 @@ def main() -> None:
             parser.error(f"--policy {item!r}: the name {name!r} is taken")
         specs[name] = path
     seeds = range(FIRST_SEED, FIRST_SEED + args.vehicles)
+    validation_seeds = range(VALIDATION_SEED, VALIDATION_SEED + args.validation)
     flights: dict[str, Flight] = {}
+    validations: dict[str, Flight | None] = {}
     start = time.perf_counter()
     for name, path in specs.items():
         policy = ReleasedRaptorPolicy() if path is None else load_policy(path)
         flights[name] = fly(policy, seeds, 500, progress=True)
+        validations[name] = fly(policy, validation_seeds, 500) if args.validation else None
     wall = time.perf_counter() - start
     released = flights["released"]
-    rows = [row(name, flight, released) for name, flight in flights.items()]
+    rows = [row(name, flights[name], released, validations[name]) for name in flights]
     header = [
         "policy",
         "survival % (95% CI)",
@@ -127,16 +150,24 @@ def main() -> None:
         "p90 (cm)",
         "lost only by it / only by released",
         "median error - released's (cm, 95% CI)",
-    ]
+    ] + (["validation survival %", "validation median (cm)"] if args.validation else [])
+    validation_note = (
+        f" The validation columns fly {args.validation} vehicles (reset seeds from "
+        f"{VALIDATION_SEED}), apart from both held-out sets: a choice between students is made "
+        "on them."
+        if args.validation
+        else ""
+    )
     paths = "; ".join(f"{name}: `{path}`" for name, path in specs.items() if path is not None)
     body = f"""
 {args.vehicles} held-out vehicles (reset seeds {FIRST_SEED}..{FIRST_SEED + args.vehicles - 1},
 after the issue benchmark's 300), the protocol of section raptor_eval (teacher-MDP starts,
 disturbances, PX4 input clipping, no velocity termination, 5 s); the same vehicles, starts and
-disturbances for every policy. Final errors are over survivors. The last two columns pair each
-policy with the released one on the same vehicles: the sign test on the vehicles only one of the
-two loses, and the difference of median final errors with a paired bootstrap interval (2000
-resamples of the vehicles). Checkpoints: {paths}. Flying them all took {wall:.0f} s.
+disturbances for every policy. Final errors are over survivors. The two columns naming the
+released policy pair each policy with it on the same vehicles: the sign test on the vehicles only
+one of the two loses, and the difference of median final errors with a paired bootstrap
+interval (2000 resamples of the vehicles).{validation_note} Checkpoints: {paths}. Flying them all
+took {wall:.0f} s.
 
 {table(header, rows)}
 """
